@@ -1,0 +1,27 @@
+//! Domain types shared by every part of coffer: validated names and ids, the limits that
+//! Docker Swarm enforces, and the JSON shapes of the HTTP API (Docker Engine API shapes, so
+//! the real `docker` client can talk to a coffer manager).
+//!
+//! Nothing here does I/O, async or cryptography. Types parse their input on construction
+//! ("parse, don't validate"): a [`SecretName`] is safe to use as a file name under
+//! `/run/secrets` by construction.
+//!
+//! # Layout
+//! - [`name`]: [`SecretName`] and label validation.
+//! - [`id`]: [`ObjectId`], Docker's 25-character base36 ids.
+//! - [`api`]: request and response bodies of the HTTP API.
+//! - [`record`]: what the manager stores (metadata only; values are sealed elsewhere).
+//! - [`limits`]: size limits shared by the API, the CLI and the store.
+//!
+//! # Current limitations
+//! - Only secrets are modelled; services, nodes and tasks arrive with the agent.
+#![warn(missing_docs)]
+
+pub mod api;
+pub mod id;
+pub mod limits;
+pub mod name;
+pub mod record;
+
+pub use id::ObjectId;
+pub use name::{validate_labels, LabelError, NameError, SecretName};

@@ -1,0 +1,109 @@
+//! What the manager keeps in the store. Metadata only: values are sealed by `coffer-crypto`
+//! and stored under their own keys.
+//!
+//! Store keys:
+//! - `/secrets/<id>`: [`SecretRecord`] (JSON)
+//! - `/secret-names/<name>`: the id owning that name (uniqueness through a compare)
+//! - `/secret-data/<id>/<n>`: sealed value of version n (binary envelope)
+//! - `/secret-keys/<id>/<n>`: [`WrappedKeyRecord`]: the version's data key wrapped by a KEK
+//! - `/audit/<seq>`: chained audit events; `/audit-pending/<key>`: events not yet chained
+//! - `/audit/head`: [`AuditHead`]
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Prefix of secret metadata records.
+pub const SECRETS_PREFIX: &str = "/secrets/";
+
+/// Store key of a secret's metadata.
+pub fn secret_key(id: &str) -> String {
+    format!("{SECRETS_PREFIX}{id}")
+}
+
+/// Store key reserving a secret name.
+pub fn secret_name_key(name: &str) -> String {
+    format!("/secret-names/{name}")
+}
+
+/// Store key of a sealed value version.
+pub fn secret_data_key(id: &str, version: u32) -> String {
+    format!("/secret-data/{id}/{version:010}")
+}
+
+/// Prefix of wrapped data keys.
+pub const SECRET_KEYS_PREFIX: &str = "/secret-keys/";
+
+/// Store key of a version's wrapped data key.
+pub fn secret_dek_key(id: &str, version: u32) -> String {
+    format!("{SECRET_KEYS_PREFIX}{id}/{version:010}")
+}
+
+/// A secret's metadata as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretRecord {
+    /// Object id.
+    pub id: String,
+    /// Name (validated when created).
+    pub name: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Creation time, RFC 3339.
+    pub created_at: String,
+    /// Last change, RFC 3339.
+    pub updated_at: String,
+    /// Version given to new tasks.
+    pub current: u32,
+    /// Kept versions, oldest first.
+    pub versions: Vec<VersionRecord>,
+}
+
+/// One kept value version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionRecord {
+    /// Version number.
+    pub number: u32,
+    /// Creation time, RFC 3339.
+    pub created_at: String,
+    /// Keyed digest, `hmac-sha256:<hex>`.
+    pub digest: String,
+}
+
+impl SecretRecord {
+    /// The highest version number kept.
+    pub fn latest(&self) -> u32 {
+        self.versions.iter().map(|v| v.number).max().unwrap_or(0)
+    }
+}
+
+/// A data key wrapped by a key-encryption key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WrappedKeyRecord {
+    /// Which KEK wrapped it.
+    pub kek: u32,
+    /// Envelope bytes, base64.
+    pub wrapped: String,
+}
+
+/// Where the audit chain ends.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditHead {
+    /// Sequence number of the last chained event (0: none).
+    pub seq: u64,
+    /// Its hash, hex (64 zeros when none).
+    pub hash: String,
+}
+
+/// Store key of a chained audit event.
+pub fn audit_key(seq: u64) -> String {
+    format!("/audit/{seq:020}")
+}
+
+/// Store key of the audit chain head.
+pub const AUDIT_HEAD_KEY: &str = "/audit/head";
+
+/// Prefix of chained audit events (`/audit/0...`); the head key sorts after them.
+pub const AUDIT_EVENTS_PREFIX: &str = "/audit/0";
+
+/// Prefix of audit events waiting to be chained.
+pub const AUDIT_PENDING_PREFIX: &str = "/audit-pending/";
