@@ -89,6 +89,27 @@ fn batch_bytes(b: &WatchBatch) -> usize {
         .sum()
 }
 
+/// Creates the database file 0600 (SQLite gives its `-wal` and `-shm` files the same
+/// mode) and tightens an existing one.
+fn ensure_private(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| StoreError::Backend {
+            backend: "sqlite",
+            message: format!("cannot open {}: {e}", path.display()),
+        })?;
+    let mode = f.metadata().map_err(backend)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(backend)?;
+    }
+    Ok(())
+}
+
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path).map_err(|e| StoreError::Backend {
         backend: "sqlite",
@@ -118,6 +139,7 @@ INSERT OR IGNORE INTO meta (name, value) VALUES ('revision', 0);
 impl SqliteStore {
     /// Opens (or creates) the store at `path`. The file's directory must exist.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        ensure_private(path)?;
         let writer = open_connection(path)?;
         writer.execute_batch(SCHEMA).map_err(backend)?;
         let revision = read_revision(&writer)?;

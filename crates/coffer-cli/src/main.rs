@@ -1,0 +1,106 @@
+//! `coffer`: one binary, in the manner of `vault` or `etcd`. `coffer server` runs a manager,
+//! `coffer dev` runs one with conveniences for trying it out, and every other subcommand is
+//! a client of a manager (`COFFER_HOST`, like `DOCKER_HOST`).
+//!
+//! # Layout
+//! - `commands/`: one module per command group.
+//! - `client`: HTTP over the unix socket. `paths`: default locations. `output`: tables.
+//!
+//! # Current limitations
+//! - Clients reach a manager over its unix socket only.
+
+mod client;
+mod commands;
+mod output;
+mod paths;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// coffer keeps the secrets of containerized services and hands each only to the workloads
+/// granted it.
+#[derive(Debug, Parser)]
+#[command(name = "coffer", version, about, propagate_version = true)]
+struct Cli {
+    /// The manager to talk to: unix:///path/to/coffer.sock (default: the local manager).
+    #[arg(long, global = true, env = "COFFER_HOST")]
+    host: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a manager in the foreground with dev conveniences (the way to start).
+    Dev(commands::server::ServerArgs),
+    /// Run a manager in the foreground.
+    Server(commands::server::ServerArgs),
+    /// Manage secrets.
+    #[command(subcommand)]
+    Secret(commands::secret::SecretCommand),
+    /// Unlock a manager started with --autolock (key from a prompt or standard input).
+    Unlock,
+    /// Show or rotate the unlock key of an autolocked manager.
+    UnlockKey(commands::keys::UnlockKeyArgs),
+    /// Manage the key-encryption key.
+    #[command(subcommand)]
+    Key(commands::keys::KeyCommand),
+    /// Read and verify the audit trail.
+    #[command(subcommand)]
+    Audit(commands::audit::AuditCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let usage = e.use_stderr();
+            let _ = e.print();
+            // 64 (EX_USAGE) for a usage error; --help and --version succeed.
+            return if usage {
+                ExitCode::from(64)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("coffer: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("Error: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line.
+fn one_line(e: &anyhow::Error) -> String {
+    e.chain()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let host = cli.host.as_deref();
+    match cli.command {
+        Command::Dev(a) => commands::server::run(a, true).await,
+        Command::Server(a) => commands::server::run(a, false).await,
+        Command::Secret(c) => commands::secret::run(host, c).await,
+        Command::Unlock => commands::keys::unlock(host).await,
+        Command::UnlockKey(a) => commands::keys::unlock_key(host, a).await,
+        Command::Key(c) => commands::keys::key(host, c).await,
+        Command::Audit(c) => commands::audit::run(host, c).await,
+    }
+}

@@ -1,0 +1,158 @@
+//! The HTTP+JSON API on a unix socket, in Docker Engine API shapes.
+//!
+//! Paths work with and without a `/v1.NN` prefix. The socket is created 0600: whoever can
+//! connect is an admin (as with docker.sock). Each connection's peer credentials
+//! (`SO_PEERCRED`) name the actor in the audit trail.
+
+mod routes;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::task::JoinSet;
+
+use crate::audit::Actor;
+use crate::control::Manager;
+use crate::error::ControlError;
+
+/// The API version coffer answers as (Docker Engine 24+ shapes; older clients negotiate down).
+pub const API_VERSION: &str = "1.45";
+/// The oldest API version accepted in a path prefix.
+pub const MIN_API_VERSION: &str = "1.24";
+
+/// Binding the socket failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// Another process answers on the socket.
+    #[error("{0} is in use by a running server; stop it, or pass another --socket")]
+    InUse(String),
+    /// The socket could not be created.
+    #[error("cannot listen on {path}: {source}; pass a writable --socket path")]
+    Io {
+        /// Socket path.
+        path: String,
+        /// What failed.
+        source: std::io::Error,
+    },
+}
+
+/// Binds the API socket at `path` with mode 0600, replacing a stale socket file.
+pub async fn bind(path: &Path) -> Result<UnixListener, BindError> {
+    let shown = path.display().to_string();
+    let io = |source| BindError::Io {
+        path: shown.clone(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        if !dir.as_os_str().is_empty() && !dir.exists() {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(io)?;
+        }
+    }
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            return Err(BindError::InUse(shown));
+        }
+        std::fs::remove_file(path).map_err(io)?;
+    }
+    let listener = UnixListener::bind(path).map_err(io)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    Ok(listener)
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then lets requests in flight
+/// finish (up to 5 s).
+pub async fn serve(
+    manager: Arc<Manager>,
+    listener: UnixListener,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut conns = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let actor = match stream.peer_cred() {
+                        Ok(c) => Actor(format!("uid={} pid={}", c.uid(), c.pid().unwrap_or(0))),
+                        Err(_) => Actor("unknown".into()),
+                    };
+                    let mgr = Arc::clone(&manager);
+                    conns.spawn(async move {
+                        let svc = service_fn(move |req| {
+                            let mgr = Arc::clone(&mgr);
+                            let actor = actor.clone();
+                            async move { Ok::<_, Infallible>(routes::handle(&mgr, &actor, req).await) }
+                        });
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .keep_alive(true)
+                            .serve_connection(TokioIo::new(stream), svc)
+                            .await;
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+    drop(listener);
+    let drain = async { while conns.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(5), drain)
+        .await
+        .is_err()
+    {
+        conns.abort_all();
+    }
+}
+
+pub(crate) fn json_response(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut()
+        .insert("Api-Version", HeaderValue::from_static(API_VERSION));
+    r
+}
+
+pub(crate) fn json<T: serde::Serialize>(status: StatusCode, v: &T) -> Response<Full<Bytes>> {
+    json_response(
+        status,
+        Bytes::from(serde_json::to_vec(v).unwrap_or_default()),
+    )
+}
+
+pub(crate) fn error(e: &ControlError) -> Response<Full<Bytes>> {
+    let status = e.status();
+    if status.is_server_error() {
+        tracing::error!(error = %e, "request failed");
+    } else {
+        tracing::debug!(error = %e, "request refused");
+    }
+    json(
+        status,
+        &coffer_core::api::ErrorResponse {
+            message: e.to_string(),
+        },
+    )
+}
