@@ -1,5 +1,12 @@
 //! Every kind of bad input from the issue: a clear one-line error, a 4xx or non-zero exit,
 //! and nothing changed (the secret list is byte-for-byte the same afterwards).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::tests_outside_test_module,
+    clippy::cast_possible_truncation,
+    reason = "integration tests: a panic is the failure report"
+)]
 
 mod common;
 

@@ -2,6 +2,13 @@
 //! while clients create secrets, and while a KEK rotation runs. Afterwards every
 //! acknowledged secret is present and opens to its exact value, read through the store and
 //! keyring as a library, and SQLite's integrity check passes.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::tests_outside_test_module,
+    clippy::cast_possible_truncation,
+    reason = "integration tests: a panic is the failure report"
+)]
 
 mod common;
 
@@ -21,7 +28,8 @@ fn random_below(n: u64) -> u64 {
 #[test]
 fn kill9_during_concurrent_creates_loses_nothing_acknowledged() {
     let mut s = Server::start(&[]);
-    let acked: Arc<Mutex<Vec<(String, Vec<u8>)>>> = Arc::default();
+    type Acked = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+    let acked: Acked = Arc::default();
     for round in 0..3 {
         let socket = s.socket();
         let threads: Vec<_> = (0..4)

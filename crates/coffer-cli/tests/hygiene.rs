@@ -1,6 +1,13 @@
 //! Secret hygiene: a planted canary never appears on disk, in logs (at the most verbose
 //! level), in error messages or in API answers, in any encoding; tampered ciphertexts and
 //! audit events are detected and named.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::tests_outside_test_module,
+    clippy::cast_possible_truncation,
+    reason = "integration tests: a panic is the failure report"
+)]
 
 mod common;
 

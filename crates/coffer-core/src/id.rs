@@ -73,8 +73,8 @@ mod tests {
         assert_eq!(ObjectId::from_random(0).as_str(), "0".repeat(25));
         let max = ObjectId::from_random(u128::MAX);
         assert_eq!(max.as_str(), "f5lxx1zz5pnorynqglhzmsp33");
-        assert!(ObjectId::parse(max.as_str()).is_ok());
-        assert!(ObjectId::parse("ABC").is_err());
+        ObjectId::parse(max.as_str()).unwrap();
+        ObjectId::parse("ABC").unwrap_err();
     }
 
     proptest! {

@@ -113,8 +113,8 @@ mod tests {
         };
         assert_eq!(open("a", &a, &keys).unwrap().expose(), b"alpha");
         // a's ciphertext under b's record, and a's wrapped key under version 2.
-        assert!(open_value(&keys, "b", 1, b.kek_id, &b.wrapped_key, &a.ciphertext).is_err());
-        assert!(open_value(&keys, "a", 2, a.kek_id, &a.wrapped_key, &a.ciphertext).is_err());
+        open_value(&keys, "b", 1, b.kek_id, &b.wrapped_key, &a.ciphertext).unwrap_err();
+        open_value(&keys, "a", 2, a.kek_id, &a.wrapped_key, &a.ciphertext).unwrap_err();
         // Key rotation: rewrap, then the old KEK can go.
         keys.rotate().unwrap();
         let (kid, w) = rewrap_key(&keys, "a", 1, a.kek_id, &a.wrapped_key).unwrap();

@@ -289,14 +289,13 @@ pub fn verify_chain<'a>(
     head: &AuditHead,
 ) -> AuditVerifyResponse {
     let mut prev_hash = ZERO_HASH.to_owned();
-    let mut expected = 1u64;
     let mut count = 0u64;
     let fail = |count, prev: &str, error: String| AuditVerifyResponse {
         events: count,
         head: prev.to_owned(),
         error,
     };
-    for (key, value) in events {
+    for (expected, (key, value)) in (1u64..).zip(events) {
         let Ok(e) = serde_json::from_slice::<AuditEvent>(value) else {
             return fail(
                 count,
@@ -331,7 +330,6 @@ pub fn verify_chain<'a>(
             );
         }
         prev_hash = e.hash;
-        expected += 1;
         count += 1;
     }
     if head.seq != count || head.hash != prev_hash {

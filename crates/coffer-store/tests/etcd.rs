@@ -2,6 +2,13 @@
 //! `etcd-server`). Without an `etcd` binary the tests say so and pass, unless
 //! `COFFER_REQUIRE_ETCD=1`, in which case they fail.
 #![cfg(feature = "etcd")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::tests_outside_test_module,
+    clippy::cast_possible_truncation,
+    reason = "integration tests: a panic is the failure report"
+)]
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -83,7 +90,7 @@ async fn start() -> Option<(Etcd, Arc<dyn Store>)> {
     };
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        match EtcdStore::connect(&[etcd.endpoint.clone()], "/coffer-test").await {
+        match EtcdStore::connect(std::slice::from_ref(&etcd.endpoint), "/coffer-test").await {
             Ok(s) => return Some((etcd, Arc::new(s))),
             Err(e) if Instant::now() > deadline => panic!("etcd did not start: {e}"),
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,

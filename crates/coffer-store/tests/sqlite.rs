@@ -1,5 +1,12 @@
 //! The conformance suite against [`SqliteStore`], plus what only SQLite has (reopen,
 //! group commit).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::tests_outside_test_module,
+    clippy::cast_possible_truncation,
+    reason = "integration tests: a panic is the failure report"
+)]
 
 use std::sync::Arc;
 

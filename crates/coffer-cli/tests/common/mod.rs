@@ -310,3 +310,11 @@ pub fn read_all_values(
         out
     })
 }
+
+/// Writes a test fixture file (not a secret-bearing file of coffer's).
+pub fn write_file(path: &Path, bytes: &[u8]) {
+    std::fs::File::create(path)
+        .unwrap()
+        .write_all(bytes)
+        .unwrap();
+}

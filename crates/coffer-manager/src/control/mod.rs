@@ -208,7 +208,7 @@ impl Manager {
                 endpoints,
                 namespace,
             } => (
-                Arc::new(coffer_store::EtcdStore::connect(endpoints, namespace).await?),
+                Arc::new(connect_etcd(endpoints, namespace).await?),
                 format!("etcd {} (namespace {namespace})", endpoints.join(",")),
             ),
             #[cfg(not(feature = "etcd"))]
@@ -309,6 +309,25 @@ impl Manager {
     }
 }
 
+/// Connects to etcd, waiting up to 5 s for it (a manager often starts alongside etcd).
+#[cfg(feature = "etcd")]
+async fn connect_etcd(
+    endpoints: &[String],
+    namespace: &str,
+) -> Result<coffer_store::EtcdStore, coffer_store::StoreError> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match coffer_store::EtcdStore::connect(endpoints, namespace).await {
+            Ok(s) => return Ok(s),
+            Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+            Err(e) => {
+                tracing::info!(error = %e, "waiting for etcd");
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+        }
+    }
+}
+
 async fn cluster_id(store: &dyn Store) -> Result<String, coffer_store::StoreError> {
     use coffer_store::{Compare, Op, Txn};
     const KEY: &str = "/cluster/id";
@@ -363,7 +382,7 @@ mod tests {
         assert!(StoreSpec::parse("mysql://x")
             .unwrap_err()
             .contains("sqlite:PATH"));
-        assert!(StoreSpec::parse("etcd://").is_err());
-        assert!(StoreSpec::parse("sqlite:").is_err());
+        StoreSpec::parse("etcd://").unwrap_err();
+        StoreSpec::parse("sqlite:").unwrap_err();
     }
 }

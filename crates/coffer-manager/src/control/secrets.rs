@@ -595,7 +595,7 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("invalid filter"));
-        assert!(ListFilters::parse("{").is_err());
+        ListFilters::parse("{").unwrap_err();
     }
 
     #[test]

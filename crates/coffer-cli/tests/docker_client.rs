@@ -1,0 +1,189 @@
+//! The real `docker` client drives a coffer manager (`DOCKER_HOST=unix://<coffer socket>`).
+//! Without a docker binary the test says so and passes, unless `COFFER_REQUIRE_DOCKER=1`.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::tests_outside_test_module,
+    clippy::cast_possible_truncation,
+    reason = "integration tests: a panic is the failure report"
+)]
+
+mod common;
+
+use std::process::{Command, Output, Stdio};
+
+use common::Server;
+
+fn docker_binary() -> Option<String> {
+    let found = std::env::var_os("PATH")
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("docker"))
+                .find(|d| d.exists())
+        })
+        .unwrap_or(None);
+    if found.is_none() {
+        assert!(
+            std::env::var("COFFER_REQUIRE_DOCKER").as_deref() != Ok("1"),
+            "COFFER_REQUIRE_DOCKER=1 but there is no docker client (apt-get install docker.io)"
+        );
+        eprintln!("SKIP: no docker client on PATH (apt-get install docker.io); the docker-client test did not run");
+    }
+    found.map(|p| p.display().to_string())
+}
+
+fn docker(bin: &str, s: &Server, args: &[&str], stdin: Option<&[u8]>) -> Output {
+    use std::io::Write;
+    let cfg = s.dir.path().join("docker-config");
+    let mut c = Command::new(bin)
+        .args(args)
+        .env("DOCKER_HOST", format!("unix://{}", s.socket().display()))
+        .env("DOCKER_CONFIG", &cfg)
+        .env_remove("DOCKER_CONTEXT")
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(i) = stdin {
+        c.stdin.take().unwrap().write_all(i).unwrap();
+    }
+    c.wait_with_output().unwrap()
+}
+
+fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "docker failed: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn docker_secret_commands() {
+    let Some(bin) = docker_binary() else { return };
+    let s = Server::start(&[]);
+    let id = ok(&docker(
+        &bin,
+        &s,
+        &["secret", "create", "db_password", "-"],
+        Some(b"hunter2\n"),
+    ))
+    .trim()
+    .to_owned();
+    assert_eq!(id.len(), 25, "{id}");
+    let file = s.dir.path().join("api_key.txt");
+    common::write_file(&file, b"k-123");
+    let id2 = ok(&docker(
+        &bin,
+        &s,
+        &[
+            "secret",
+            "create",
+            "--label",
+            "env=prod",
+            "--label",
+            "tier",
+            "api_key",
+            file.to_str().unwrap(),
+        ],
+        None,
+    ))
+    .trim()
+    .to_owned();
+
+    let ls = ok(&docker(&bin, &s, &["secret", "ls"], None));
+    assert!(ls.lines().next().unwrap().starts_with("ID"), "{ls}");
+    assert!(
+        ls.contains("db_password") && ls.contains("api_key") && ls.contains(&id),
+        "{ls}"
+    );
+    let filtered = ok(&docker(
+        &bin,
+        &s,
+        &[
+            "secret",
+            "ls",
+            "--filter",
+            "label=env=prod",
+            "--format",
+            "{{.Name}}",
+        ],
+        None,
+    ));
+    assert_eq!(filtered.trim(), "api_key");
+    let filtered = ok(&docker(
+        &bin,
+        &s,
+        &["secret", "ls", "-q", "--filter", "name=db"],
+        None,
+    ));
+    assert_eq!(filtered.trim(), id);
+
+    assert_eq!(
+        ok(&docker(
+            &bin,
+            &s,
+            &["secret", "inspect", "--format", "{{.Spec.Name}}", &id2],
+            None
+        ))
+        .trim(),
+        "api_key"
+    );
+    let json = ok(&docker(&bin, &s, &["secret", "inspect", "api_key"], None));
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v[0]["ID"], id2.as_str());
+    assert_eq!(v[0]["Spec"]["Labels"]["env"], "prod");
+    assert!(
+        !json.contains("k-123") && !json.contains("ay0xMjM="),
+        "no value in inspect"
+    );
+
+    // Errors come back as docker prints them.
+    let dup = docker(
+        &bin,
+        &s,
+        &["secret", "create", "db_password", "-"],
+        Some(b"x"),
+    );
+    assert!(!dup.status.success());
+    assert!(
+        String::from_utf8_lossy(&dup.stderr).contains("already exists"),
+        "{dup:?}"
+    );
+    let missing = docker(&bin, &s, &["secret", "inspect", "nosuch"], None);
+    assert!(!missing.status.success());
+
+    ok(&docker(
+        &bin,
+        &s,
+        &["secret", "rm", "db_password", &id2],
+        None,
+    ));
+    assert!(s.list().is_empty());
+    // The value docker sent is the value stored, byte for byte (docker keeps the newline).
+    drop(s);
+}
+
+#[test]
+fn docker_stored_value_is_exact() {
+    let Some(bin) = docker_binary() else { return };
+    let mut s = Server::start(&[]);
+    ok(&docker(
+        &bin,
+        &s,
+        &["secret", "create", "pw", "-"],
+        Some(b"exact value\n"),
+    ));
+    s.stop();
+    assert_eq!(
+        common::read_all_values(&s.data_dir())["pw"].as_deref(),
+        Ok(&b"exact value\n"[..])
+    );
+}
