@@ -157,7 +157,7 @@ impl Audit {
                 drop(a);
                 // Let a burst of requests accumulate, then chain them in one transaction.
                 wake.notified().await;
-                tokio::time::sleep(Duration::from_millis(5)).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
         });
         audit

@@ -47,30 +47,53 @@ impl View {
             revision: tx,
         });
         let rev = view.reload(&*store).await?;
+        let (resync_tx, mut resync) = tokio::sync::mpsc::unbounded_channel::<StoreError>();
+        Self::observe(&view, &store, rev + 1, resync_tx.clone()).await?;
         let weak = Arc::downgrade(&view);
+        // Only when following fails (etcd compaction, a broken stream): read everything
+        // again and follow from there.
         tokio::spawn(async move {
-            let mut from = rev + 1;
-            loop {
+            while let Some(e) = resync.recv().await {
                 let Some(view) = weak.upgrade() else { return };
-                match view.follow(&*store, from).await {
-                    Ok(()) => return,
-                    Err(StoreError::Compacted { .. }) => match view.reload(&*store).await {
-                        Ok(r) => from = r + 1,
+                if matches!(e, StoreError::Closed) && Arc::strong_count(&store) == 1 {
+                    return;
+                }
+                tracing::warn!(error = %e, "store watch ended; reading the secrets again");
+                loop {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    let followed = match view.reload(&*store).await {
+                        Ok(rev) => Self::observe(&view, &store, rev + 1, resync_tx.clone()).await,
+                        Err(e) => Err(e),
+                    };
+                    match followed {
+                        Ok(()) => break,
                         Err(e) => {
-                            tracing::warn!(error = %e, "view reload failed; retrying");
-                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            tracing::warn!(error = %e, "re-reading the secrets failed; retrying")
                         }
-                    },
-                    Err(StoreError::Closed) => return,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "store watch ended; following again");
-                        from = view.revision() + 1;
-                        tokio::time::sleep(Duration::from_millis(200)).await;
                     }
                 }
             }
         });
         Ok(view)
+    }
+
+    async fn observe(
+        view: &Arc<Self>,
+        store: &Arc<dyn Store>,
+        from: i64,
+        resync: tokio::sync::mpsc::UnboundedSender<StoreError>,
+    ) -> Result<(), StoreError> {
+        let weak = Arc::downgrade(view);
+        let observer: coffer_store::Observer = Arc::new(move |b| {
+            let Some(view) = weak.upgrade() else { return };
+            match b {
+                Ok(batch) => view.apply(batch),
+                Err(e) => {
+                    let _ = resync.send(e);
+                }
+            }
+        });
+        store.observe(SECRETS_PREFIX, from, observer).await
     }
 
     async fn reload(&self, store: &dyn Store) -> Result<i64, StoreError> {
@@ -96,14 +119,6 @@ impl View {
         *self.state.write().unwrap_or_else(PoisonError::into_inner) = fresh;
         self.revision.send_modify(|r| *r = (*r).max(range.revision));
         Ok(range.revision)
-    }
-
-    async fn follow(&self, store: &dyn Store, from: i64) -> Result<(), StoreError> {
-        let mut w = store.watch(SECRETS_PREFIX, from).await?;
-        while let Some(batch) = w.recv().await {
-            self.apply(batch?);
-        }
-        Err(StoreError::Closed)
     }
 
     fn apply(&self, batch: WatchBatch) {

@@ -160,6 +160,10 @@ pub struct WatchBatch {
 /// A stream of watch batches; an `Err` ends it.
 pub type Watch = tokio::sync::mpsc::Receiver<Result<WatchBatch, StoreError>>;
 
+/// A function called with each batch under a prefix, in revision order; an `Err` is the last
+/// call.
+pub type Observer = std::sync::Arc<dyn Fn(Result<WatchBatch, StoreError>) + Send + Sync>;
+
 /// A store operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
@@ -204,6 +208,33 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         prefix: &str,
         from_revision: i64,
     ) -> BoxFuture<'static, Result<Watch, StoreError>>;
+
+    /// Calls `observer` with every change under `prefix` from `from_revision` on, in order.
+    /// A backend that commits in-process (SQLite) calls it right after each commit, before
+    /// the writers are answered, so a writer sees its own write without a task hop; the
+    /// default follows [`Store::watch`] in a task.
+    fn observe(
+        &self,
+        prefix: &str,
+        from_revision: i64,
+        observer: Observer,
+    ) -> BoxFuture<'static, Result<(), StoreError>> {
+        let watch = self.watch(prefix, from_revision);
+        Box::pin(async move {
+            let mut w = watch.await?;
+            tokio::spawn(async move {
+                while let Some(b) = w.recv().await {
+                    let end = b.is_err();
+                    observer(b);
+                    if end {
+                        return;
+                    }
+                }
+                observer(Err(StoreError::Closed));
+            });
+            Ok(())
+        })
+    }
 }
 
 /// The end of the key range that starts with `prefix` (etcd's `prefix_end`).

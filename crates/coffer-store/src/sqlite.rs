@@ -19,8 +19,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::{
-    prefix_end, BoxFuture, Compare, Event, EventKind, KeyValue, Op, Range, Store, StoreError, Txn,
-    TxnResponse, Watch, WatchBatch,
+    prefix_end, BoxFuture, Compare, Event, EventKind, KeyValue, Observer, Op, Range, Store,
+    StoreError, Txn, TxnResponse, Watch, WatchBatch,
 };
 
 /// Most transactions committed together.
@@ -56,13 +56,24 @@ struct Job {
     reply: oneshot::Sender<Result<TxnResponse, StoreError>>,
 }
 
-#[derive(Debug)]
 struct History {
     /// Oldest revision a watch can start from.
     oldest: i64,
     batches: VecDeque<Arc<WatchBatch>>,
     bytes: usize,
     tx: broadcast::Sender<Arc<WatchBatch>>,
+    /// Called in the writer thread after each commit, with the batch under their prefix.
+    observers: Vec<(String, Observer)>,
+}
+
+impl std::fmt::Debug for History {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("History")
+            .field("oldest", &self.oldest)
+            .field("batches", &self.batches.len())
+            .field("observers", &self.observers.len())
+            .finish()
+    }
 }
 
 impl History {
@@ -76,6 +87,11 @@ impl History {
             };
             self.bytes -= batch_bytes(&old);
             self.oldest = old.revision + 1;
+        }
+        for (prefix, observer) in &self.observers {
+            if let Some(b) = filter(&batch, prefix) {
+                observer(Ok(b));
+            }
         }
         // No receivers is fine: nobody is watching.
         let _ = self.tx.send(batch);
@@ -150,6 +166,7 @@ impl SqliteStore {
             batches: VecDeque::new(),
             bytes: 0,
             tx,
+            observers: Vec::new(),
         }));
         let (jobs_tx, jobs_rx) = std_mpsc::channel();
         let hist = Arc::clone(&history);
@@ -225,6 +242,16 @@ fn row_to_kv(r: &rusqlite::Row<'_>) -> rusqlite::Result<KeyValue> {
 }
 
 impl Store for SqliteStore {
+    fn observe(
+        &self,
+        prefix: &str,
+        from_revision: i64,
+        observer: Observer,
+    ) -> BoxFuture<'static, Result<(), StoreError>> {
+        let r = self.observe_now(prefix, from_revision, observer);
+        Box::pin(async move { r })
+    }
+
     fn get(&self, key: &str) -> BoxFuture<'static, Result<Option<KeyValue>, StoreError>> {
         let key = key.as_bytes().to_vec();
         self.read(move |conn| {
@@ -343,6 +370,34 @@ impl Store for SqliteStore {
             });
             Ok(rx)
         })
+    }
+}
+
+impl SqliteStore {
+    fn observe_now(
+        &self,
+        prefix: &str,
+        from_revision: i64,
+        observer: Observer,
+    ) -> Result<(), StoreError> {
+        let mut h = self
+            .inner
+            .history
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if from_revision < h.oldest {
+            return Err(StoreError::Compacted {
+                requested: from_revision,
+                oldest: h.oldest,
+            });
+        }
+        for b in h.batches.iter().filter(|b| b.revision >= from_revision) {
+            if let Some(f) = filter(b, prefix) {
+                observer(Ok(f));
+            }
+        }
+        h.observers.push((prefix.to_owned(), observer));
+        Ok(())
     }
 }
 
