@@ -65,10 +65,13 @@ fn main() -> ExitCode {
             };
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // The manager serves many connections; a client command makes one request, and a
+    // single-threaded runtime starts faster.
+    let mut builder = match cli.command {
+        Command::Dev(_) | Command::Server(_) => tokio::runtime::Builder::new_multi_thread(),
+        _ => tokio::runtime::Builder::new_current_thread(),
+    };
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("coffer: cannot start the async runtime: {e}");

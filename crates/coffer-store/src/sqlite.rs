@@ -25,10 +25,11 @@ use crate::{
 
 /// Most transactions committed together.
 const MAX_BATCH: usize = 512;
-/// Watch history kept in memory: at most this many revisions ...
-const HISTORY_REVISIONS: usize = 100_000;
-/// ... and at most this many bytes of values.
-const HISTORY_BYTES: usize = 32 << 20;
+/// Watch history kept in memory, for watchers that start behind the current revision: at
+/// most this many revisions ...
+const HISTORY_REVISIONS: usize = 10_000;
+/// ... and at most this many bytes of keys and values. In-process observers need none.
+const HISTORY_BYTES: usize = 4 << 20;
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend {
