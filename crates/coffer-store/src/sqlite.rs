@@ -48,6 +48,7 @@ pub struct SqliteStore {
 struct Inner {
     path: PathBuf,
     jobs: Mutex<Option<std_mpsc::Sender<Job>>>,
+    writer: Mutex<Option<thread::JoinHandle<()>>>,
     reader: Arc<Mutex<Connection>>,
     history: Arc<Mutex<History>>,
 }
@@ -171,7 +172,7 @@ impl SqliteStore {
         }));
         let (jobs_tx, jobs_rx) = std_mpsc::channel();
         let hist = Arc::clone(&history);
-        thread::Builder::new()
+        let writer_thread = thread::Builder::new()
             .name("coffer-sqlite-writer".into())
             .spawn(move || {
                 Writer {
@@ -187,6 +188,7 @@ impl SqliteStore {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
                 jobs: Mutex::new(Some(jobs_tx)),
+                writer: Mutex::new(Some(writer_thread)),
                 reader: Arc::new(Mutex::new(reader)),
                 history,
             }),
@@ -198,14 +200,23 @@ impl SqliteStore {
         &self.inner.path
     }
 
-    /// Stops the writer after the queued transactions; later writes get
-    /// [`StoreError::Closed`].
+    /// Commits the queued transactions, then stops the writer and waits until it has closed
+    /// its connection; later writes get [`StoreError::Closed`].
     pub fn close(&self) {
         self.inner
             .jobs
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
+        let writer = self
+            .inner
+            .writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(w) = writer {
+            let _ = w.join();
+        }
     }
 
     fn read<T: Send + 'static>(
