@@ -5,7 +5,10 @@
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
-    reason = "a benchmark tool: a panic is the report"
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_precision_loss,
+    reason = "a benchmark tool: a panic is the report; percentile indexes are small and positive"
 )]
 
 use std::time::Instant;

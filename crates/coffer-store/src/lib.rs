@@ -17,6 +17,7 @@
 //! - SQLite keeps watch history in memory only (recent revisions, bounded): a watcher that
 //!   falls further behind gets [`StoreError::Compacted`] and must re-read, as with a
 //!   compacted etcd.
+#![warn(missing_docs)]
 
 use std::fmt;
 use std::future::Future;
