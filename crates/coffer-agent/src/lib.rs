@@ -9,13 +9,18 @@
 //! - [`files`]: [`TargetName`] (a safe file name) and the atomic secret-file writer.
 //! - [`task`]: [`TaskSecrets`], one task's mount with its files; `sweep` removes mounts
 //!   left by tasks that no longer run.
+//! - [`exec`]: a workload's private mount namespace with `/run/secrets`, and stopping its
+//!   whole process tree.
+
 //!
 //! # Current limitations
 //! - No assignment stream, drivers or process supervision yet: the manager side (services,
 //!   tasks, scheduler) and the exec/docker drivers build on this layer next.
 #![warn(missing_docs)]
 
+pub mod exec;
 pub mod files;
+
 pub mod mount;
 pub mod task;
 

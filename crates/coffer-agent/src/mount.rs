@@ -221,7 +221,8 @@ impl Mounter for RecordingMounter {
         // What a real unmount does to the files: they disappear with the filesystem.
         if let Ok(entries) = std::fs::read_dir(target) {
             for e in entries.flatten() {
-                let _ = std::fs::remove_file(e.path());
+                let _ =
+                    std::fs::remove_dir_all(e.path()).or_else(|_| std::fs::remove_file(e.path()));
             }
         }
         self.calls

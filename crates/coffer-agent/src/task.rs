@@ -2,7 +2,8 @@
 //! the task's files; removed when the task stops; swept after an agent restart.
 
 use std::fs;
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+
 use std::path::{Path, PathBuf};
 
 use crate::files::{write_secret, SecretFile, WriteError};
@@ -44,7 +45,10 @@ pub enum TaskSecretsError {
 /// A task's mounted secrets directory.
 #[derive(Debug)]
 pub struct TaskSecrets {
-    dir: PathBuf,
+    /// The mount point, `<base>/<task>` (0700).
+    mount_point: PathBuf,
+    /// `<base>/<task>/files` (0755): what the workload sees as /run/secrets.
+    files_dir: PathBuf,
     fs: FsKind,
 }
 
@@ -101,9 +105,26 @@ impl TaskSecrets {
                 FsKind::Tmpfs
             }
         };
-        let me = Self { dir, fs: fs_kind };
+        // The mount's root stays 0700 (no other host user reaches it); the files live in a
+        // 0755 directory inside, which the driver shows as /run/secrets, so a workload
+        // running as the grant's uid can reach its files, each guarded by its own mode.
+        let files_dir = dir.join("files");
+        let me = Self {
+            mount_point: dir,
+            files_dir,
+            fs: fs_kind,
+        };
+        let made = fs::DirBuilder::new()
+            .mode(0o755)
+            .create(&me.files_dir)
+            .and_then(|()| fs::set_permissions(&me.files_dir, fs::Permissions::from_mode(0o755)));
+        if let Err(source) = made {
+            let path = me.files_dir.clone();
+            let _ = me.remove(mounter);
+            return Err(TaskSecretsError::Dir { path, source });
+        }
         for f in files {
-            if let Err(e) = write_secret(&me.dir, f) {
+            if let Err(e) = write_secret(&me.files_dir, f) {
                 let _ = me.remove(mounter);
                 return Err(e.into());
             }
@@ -113,7 +134,12 @@ impl TaskSecrets {
 
     /// The directory the workload sees as `/run/secrets`.
     pub fn dir(&self) -> &Path {
-        &self.dir
+        &self.files_dir
+    }
+
+    /// The mount point.
+    pub fn mount_point(&self) -> &Path {
+        &self.mount_point
     }
 
     /// Which filesystem holds the files.
@@ -123,16 +149,16 @@ impl TaskSecrets {
 
     /// Replaces or adds one file atomically (live rotation).
     pub fn update(&self, file: &SecretFile) -> Result<(), TaskSecretsError> {
-        write_secret(&self.dir, file)?;
+        write_secret(&self.files_dir, file)?;
         Ok(())
     }
 
     /// Unmounts and removes the directory. The filesystem's pages are freed by the kernel
     /// with the mount; nothing of the values remains on any disk.
     pub fn remove(self, mounter: &dyn Mounter) -> Result<(), TaskSecretsError> {
-        mounter.unmount(&self.dir)?;
-        fs::remove_dir(&self.dir).map_err(|source| TaskSecretsError::Dir {
-            path: self.dir.clone(),
+        mounter.unmount(&self.mount_point)?;
+        fs::remove_dir(&self.mount_point).map_err(|source| TaskSecretsError::Dir {
+            path: self.mount_point.clone(),
             source,
         })
     }

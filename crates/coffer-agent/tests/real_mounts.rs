@@ -58,7 +58,7 @@ fn task_secrets_on_ramfs() {
         file("db_password_ro", 0, 2000, 0o440, b"pw-1"),
     ];
     let t = TaskSecrets::create(&m, base.path(), "task-a", &files).unwrap();
-    let line = mount_line(t.dir()).expect("mounted");
+    let line = mount_line(t.mount_point()).expect("mounted");
     assert!(line.contains(" - ramfs "), "{line}");
     for opt in ["noexec", "nosuid", "nodev"] {
         assert!(
@@ -68,10 +68,15 @@ fn task_secrets_on_ramfs() {
     }
     assert!(line.contains("mode=700"), "{line}");
     assert_eq!(
-        fs::metadata(t.dir()).unwrap().permissions().mode() & 0o7777,
+        fs::metadata(t.mount_point()).unwrap().permissions().mode() & 0o7777,
         0o700
     );
+    assert_eq!(
+        fs::metadata(t.dir()).unwrap().permissions().mode() & 0o7777,
+        0o755
+    );
     let a = fs::metadata(t.dir().join("db_password")).unwrap();
+
     assert_eq!((a.uid(), a.gid(), a.mode() & 0o7777), (1000, 1000, 0o400));
     let b = fs::metadata(t.dir().join("db_password_ro")).unwrap();
     assert_eq!(
@@ -109,7 +114,7 @@ fn task_secrets_on_ramfs() {
         "no temporary files left"
     );
 
-    let dir = t.dir().to_owned();
+    let dir = t.mount_point().to_owned();
     t.remove(&m).unwrap();
     assert!(mount_line(&dir).is_none(), "unmounted");
     assert!(!dir.exists());

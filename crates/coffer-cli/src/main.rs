@@ -49,6 +49,9 @@ enum Command {
     /// Read and verify the audit trail.
     #[command(subcommand)]
     Audit(commands::audit::AuditCommand),
+    /// Internal: the exec driver's helper (enters a task's namespace, then runs it).
+    #[command(hide = true)]
+    TaskExec(commands::task_exec::TaskExecArgs),
 }
 
 fn main() -> ExitCode {
@@ -67,6 +70,9 @@ fn main() -> ExitCode {
     };
     // The manager serves many connections; a client command makes one request, and a
     // single-threaded runtime starts faster.
+    if let Command::TaskExec(a) = cli.command {
+        return commands::task_exec::run(a);
+    }
     let mut builder = match cli.command {
         Command::Dev(_) | Command::Server(_) => tokio::runtime::Builder::new_multi_thread(),
         _ => tokio::runtime::Builder::new_current_thread(),
@@ -114,5 +120,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::UnlockKey(a) => commands::keys::unlock_key(host, a).await,
         Command::Key(c) => commands::keys::key(host, c).await,
         Command::Audit(c) => commands::audit::run(host, c).await,
+        Command::TaskExec(_) => unreachable!("task-exec runs before the runtime starts"),
     }
 }
