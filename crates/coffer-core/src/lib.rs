@@ -8,6 +8,8 @@
 //!
 //! # Layout
 //! - [`name`]: [`SecretName`] and label validation.
+//! - [`grant`]: [`grant::Grant`], Docker's `--secret` SPEC plus coffer's extensions.
+
 //! - [`id`]: [`ObjectId`], Docker's 25-character base36 ids.
 //! - [`api`]: request and response bodies of the HTTP API.
 //! - [`record`]: what the manager stores (metadata only; values are sealed elsewhere).
@@ -18,6 +20,8 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod grant;
+
 pub mod id;
 pub mod limits;
 pub mod name;
