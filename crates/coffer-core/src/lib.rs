@@ -9,6 +9,7 @@
 //! # Layout
 //! - [`name`]: [`SecretName`] and label validation.
 //! - [`grant`]: [`grant::Grant`], Docker's `--secret` SPEC plus coffer's extensions.
+//! - [`service`]: service specs in Docker shapes (what the docker client sends).
 
 //! - [`id`]: [`ObjectId`], Docker's 25-character base36 ids.
 //! - [`api`]: request and response bodies of the HTTP API.
@@ -26,6 +27,7 @@ pub mod id;
 pub mod limits;
 pub mod name;
 pub mod record;
+pub mod service;
 
 pub use id::ObjectId;
 pub use name::{validate_labels, LabelError, NameError, SecretName};
