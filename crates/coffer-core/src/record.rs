@@ -39,6 +39,24 @@ pub fn secret_dek_key(id: &str, version: u32) -> String {
     format!("{SECRET_KEYS_PREFIX}{id}/{version:010}")
 }
 
+/// A stored record with an id and a unique name (what the manager's views index).
+pub trait Named {
+    /// The object id.
+    fn id(&self) -> &str;
+    /// The unique name.
+    fn name(&self) -> &str;
+}
+
+impl Named for SecretRecord {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
 /// A secret's metadata as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SecretRecord {

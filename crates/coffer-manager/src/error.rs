@@ -7,9 +7,11 @@ use http::StatusCode;
 /// contain a secret value.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
-    /// A secret id prefix matches several secrets.
-    #[error("secret id prefix {prefix:?} matches {count} secrets; give more characters of the ID, or the name")]
+    /// An id prefix matches several objects.
+    #[error("{kind} id prefix {prefix:?} matches {count} {kind}s; give more characters of the ID, or the name")]
     Ambiguous {
+        /// `secret`, `service`.
+        kind: &'static str,
         /// The prefix given.
         prefix: String,
         /// How many matched.
@@ -41,8 +43,13 @@ pub enum ControlError {
         name: String,
     },
     /// No such object.
-    #[error("secret {0:?} not found; `coffer secret ls` lists the secrets")]
-    NotFound(String),
+    #[error("{kind} {key:?} not found; `coffer {kind} ls` lists them")]
+    NotFound {
+        /// `secret`, `service`.
+        kind: &'static str,
+        /// What was asked for.
+        key: String,
+    },
     /// Autolock is off, so there is no unlock key.
     #[error("autolock is off, so there is no unlock key; start the server with --autolock to turn it on")]
     NotAutolocked,
@@ -85,7 +92,7 @@ impl ControlError {
                 StatusCode::BAD_REQUEST
             }
             // === 404 ===
-            Self::NotFound(_) | Self::NoRoute(_) => StatusCode::NOT_FOUND,
+            Self::NotFound { .. } | Self::NoRoute(_) => StatusCode::NOT_FOUND,
             // === 409: the state does not allow it ===
             Self::NameConflict { .. } | Self::StaleVersion { .. } => StatusCode::CONFLICT,
             // === 413 ===
@@ -108,7 +115,7 @@ impl ControlError {
             Self::Keyring(_) => "keyring-error",
             Self::Locked => "locked",
             Self::NameConflict { .. } => "name-conflict",
-            Self::NotFound(_) | Self::NoRoute(_) => "not-found",
+            Self::NotFound { .. } | Self::NoRoute(_) => "not-found",
             Self::NotAutolocked => "not-autolocked",
             Self::Random(_) => "random-error",
             Self::StaleVersion { .. } => "stale-version",

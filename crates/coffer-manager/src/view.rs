@@ -1,5 +1,5 @@
-//! The manager's in-memory view of secret metadata, kept current from the store's watch
-//! stream. Reads (list, inspect, name lookups) are served from here; writes go to the
+//! The manager's in-memory views of stored records (secrets, services), kept current from
+//! the store. Reads (list, inspect, name lookups) are served from here; writes go to the
 //! store and then wait until the view has seen their revision, so a client reads its own
 //! writes. With several managers on etcd, each view follows the same stream.
 
@@ -8,41 +8,64 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use coffer_core::record::{SecretRecord, SECRETS_PREFIX};
+use coffer_core::record::Named;
 use coffer_store::{EventKind, Store, StoreError, WatchBatch};
+use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
 use crate::error::ControlError;
 
-/// A secret as the view holds it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
+/// A record as the view holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry<R> {
     /// The stored record.
-    pub record: SecretRecord,
+    pub record: R,
     /// Store revision of its last change: the Docker `Version.Index`.
     pub mod_revision: i64,
 }
 
-#[derive(Debug, Default)]
-struct State {
-    by_id: BTreeMap<String, Arc<Entry>>,
+#[derive(Debug)]
+struct State<R> {
+    by_id: BTreeMap<String, Arc<Entry<R>>>,
     by_name: HashMap<String, String>,
     /// Serialized unfiltered list, valid for `revision` (the list endpoint's hot path).
     list_cache: Option<(i64, Bytes)>,
 }
 
-/// The view.
+impl<R> Default for State<R> {
+    fn default() -> Self {
+        Self {
+            by_id: BTreeMap::new(),
+            by_name: HashMap::new(),
+            list_cache: None,
+        }
+    }
+}
+
+/// A view of the records under one prefix.
 #[derive(Debug)]
-pub struct View {
-    state: RwLock<State>,
+pub struct View<R> {
+    prefix: &'static str,
+    /// What the records are, for messages ("secret", "service").
+    kind: &'static str,
+    state: RwLock<State<R>>,
     revision: watch::Sender<i64>,
 }
 
-impl View {
-    /// Reads every secret record and starts following the store.
-    pub async fn start(store: Arc<dyn Store>) -> Result<Arc<Self>, StoreError> {
+impl<R> View<R>
+where
+    R: Named + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    /// Reads every record under `prefix` (keys `<prefix><id>`) and follows the store.
+    pub async fn start(
+        store: Arc<dyn Store>,
+        prefix: &'static str,
+        kind: &'static str,
+    ) -> Result<Arc<Self>, StoreError> {
         let (tx, _) = watch::channel(0);
         let view = Arc::new(Self {
+            prefix,
+            kind,
             state: RwLock::new(State::default()),
             revision: tx,
         });
@@ -58,7 +81,7 @@ impl View {
                 if matches!(e, StoreError::Closed) && Arc::strong_count(&store) == 1 {
                     return;
                 }
-                tracing::warn!(error = %e, "store watch ended; reading the secrets again");
+                tracing::warn!(error = %e, kind = view.kind, "store watch ended; reading again");
                 loop {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     let followed = match view.reload(&*store).await {
@@ -67,9 +90,7 @@ impl View {
                     };
                     match followed {
                         Ok(()) => break,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "re-reading the secrets failed; retrying")
-                        }
+                        Err(e) => tracing::warn!(error = %e, "re-reading failed; retrying"),
                     }
                 }
             }
@@ -93,27 +114,35 @@ impl View {
                 }
             }
         });
-        store.observe(SECRETS_PREFIX, from, observer).await
+        store.observe(view.prefix, from, observer).await
+    }
+
+    fn id_of<'k>(&self, key: &'k str) -> Option<&'k str> {
+        let id = key.strip_prefix(self.prefix)?;
+        (!id.is_empty() && !id.contains('/')).then_some(id)
     }
 
     async fn reload(&self, store: &dyn Store) -> Result<i64, StoreError> {
-        let range = store.range(SECRETS_PREFIX).await?;
+        let range = store.range(self.prefix).await?;
         let mut fresh = State::default();
         for kv in range.kvs {
-            match serde_json::from_slice::<SecretRecord>(&kv.value) {
+            if self.id_of(&kv.key).is_none() {
+                continue;
+            }
+            match serde_json::from_slice::<R>(&kv.value) {
                 Ok(record) => {
-                    fresh.by_name.insert(record.name.clone(), record.id.clone());
+                    fresh
+                        .by_name
+                        .insert(record.name().to_owned(), record.id().to_owned());
                     fresh.by_id.insert(
-                        record.id.clone(),
+                        record.id().to_owned(),
                         Arc::new(Entry {
                             record,
                             mod_revision: kv.mod_revision,
                         }),
                     );
                 }
-                Err(e) => {
-                    tracing::error!(key = %kv.key, error = %e, "unreadable secret record skipped")
-                }
+                Err(e) => tracing::error!(key = %kv.key, error = %e, "unreadable record skipped"),
             }
         }
         *self.state.write().unwrap_or_else(PoisonError::into_inner) = fresh;
@@ -125,15 +154,17 @@ impl View {
         {
             let mut s = self.state.write().unwrap_or_else(PoisonError::into_inner);
             for ev in batch.events {
-                let id = ev.kv.key.trim_start_matches(SECRETS_PREFIX).to_owned();
+                let Some(id) = self.id_of(&ev.kv.key).map(str::to_owned) else {
+                    continue;
+                };
                 match ev.kind {
-                    EventKind::Put => match serde_json::from_slice::<SecretRecord>(&ev.kv.value) {
+                    EventKind::Put => match serde_json::from_slice::<R>(&ev.kv.value) {
                         Ok(record) => {
                             if let Some(old) = s.by_id.get(&id) {
-                                let old_name = old.record.name.clone();
+                                let old_name = old.record.name().to_owned();
                                 s.by_name.remove(&old_name);
                             }
-                            s.by_name.insert(record.name.clone(), id.clone());
+                            s.by_name.insert(record.name().to_owned(), id.clone());
                             s.by_id.insert(
                                 id,
                                 Arc::new(Entry {
@@ -143,12 +174,12 @@ impl View {
                             );
                         }
                         Err(e) => {
-                            tracing::error!(key = %ev.kv.key, error = %e, "unreadable secret record")
+                            tracing::error!(key = %ev.kv.key, error = %e, "unreadable record")
                         }
                     },
                     EventKind::Delete => {
                         if let Some(old) = s.by_id.remove(&id) {
-                            s.by_name.remove(&old.record.name);
+                            s.by_name.remove(old.record.name());
                         }
                     }
                 }
@@ -169,8 +200,8 @@ impl View {
         let _ = tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|r| *r >= rev)).await;
     }
 
-    /// Finds a secret by full id, then exact name, then unique id prefix (Docker's order).
-    pub fn lookup(&self, key: &str) -> Result<Arc<Entry>, ControlError> {
+    /// Finds a record by full id, then exact name, then unique id prefix (Docker's order).
+    pub fn lookup(&self, key: &str) -> Result<Arc<Entry<R>>, ControlError> {
         let s = self.state.read().unwrap_or_else(PoisonError::into_inner);
         if let Some(e) = s.by_id.get(key) {
             return Ok(Arc::clone(e));
@@ -189,12 +220,16 @@ impl View {
                     return Ok(Arc::clone(first));
                 }
                 return Err(ControlError::Ambiguous {
+                    kind: self.kind,
                     prefix: key.to_owned(),
                     count: extra + 1,
                 });
             }
         }
-        Err(ControlError::NotFound(key.to_owned()))
+        Err(ControlError::NotFound {
+            kind: self.kind,
+            key: key.to_owned(),
+        })
     }
 
     /// Whether a name is taken.
@@ -207,7 +242,7 @@ impl View {
     }
 
     /// All entries, ordered by id.
-    pub fn all(&self) -> Vec<Arc<Entry>> {
+    pub fn all(&self) -> Vec<Arc<Entry<R>>> {
         self.state
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -217,7 +252,7 @@ impl View {
             .collect()
     }
 
-    /// Number of secrets.
+    /// Number of records.
     pub fn len(&self) -> usize {
         self.state
             .read()
@@ -232,7 +267,7 @@ impl View {
     }
 
     /// The cached serialized full list, if still valid; else builds it with `render`.
-    pub fn cached_list(&self, render: impl FnOnce(&[Arc<Entry>]) -> Bytes) -> Bytes {
+    pub fn cached_list(&self, render: impl FnOnce(&[Arc<Entry<R>>]) -> Bytes) -> Bytes {
         let rev = self.revision();
         {
             let s = self.state.read().unwrap_or_else(PoisonError::into_inner);

@@ -92,7 +92,7 @@ pub struct Config {
 pub struct Manager {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) keys: Keys,
-    pub(crate) view: Arc<View>,
+    pub(crate) view: Arc<View<coffer_core::record::SecretRecord>>,
     pub(crate) audit: Arc<Audit>,
     /// Creates and rotations hold it shared; a KEK rotation holds it exclusively, so no
     /// data key is wrapped by a KEK that is about to be retired.
@@ -225,7 +225,7 @@ impl Manager {
             }
         }
         let opened = Keys::open(&keyring_path, config.autolock)?;
-        let view = View::start(Arc::clone(&store)).await?;
+        let view = View::start(Arc::clone(&store), SECRETS_PREFIX, "secret").await?;
         let audit = Audit::start(Arc::clone(&store));
         let cluster_id = cluster_id(&*store).await?;
         let locked = opened.keys.is_locked().await;

@@ -26,6 +26,8 @@ use crate::audit::{Actor, Pending};
 use crate::error::ControlError;
 use crate::view::Entry;
 
+type SecretEntry = Entry<SecretRecord>;
+
 fn now() -> String {
     humantime::format_rfc3339_nanos(SystemTime::now()).to_string()
 }
@@ -138,7 +140,7 @@ impl ListFilters {
 }
 
 /// The API shape of a stored secret.
-pub(crate) fn to_api(e: &Entry) -> Secret {
+pub(crate) fn to_api(e: &SecretEntry) -> Secret {
     let r = &e.record;
     Secret {
         id: r.id.clone(),
@@ -210,7 +212,7 @@ pub async fn open_version(
 impl Manager {
     fn check_version_param(
         &self,
-        entry: &Entry,
+        entry: &SecretEntry,
         version: Option<&str>,
     ) -> Result<i64, ControlError> {
         let v = version
@@ -302,7 +304,7 @@ impl Manager {
     /// `GET /secrets`: the JSON array.
     pub async fn list_secrets(&self, filters: &ListFilters) -> Result<Bytes, ControlError> {
         self.keys.material().await?;
-        let render = |entries: &[Arc<Entry>]| {
+        let render = |entries: &[Arc<SecretEntry>]| {
             let list: Vec<Secret> = entries
                 .iter()
                 .filter(|e| filters.matches(&e.record))
@@ -358,7 +360,7 @@ impl Manager {
     async fn commit_record_change(
         &self,
         ev: &mut Pending,
-        entry: &Entry,
+        entry: &SecretEntry,
         rev: i64,
         record: SecretRecord,
         extra: Vec<Op>,
@@ -531,7 +533,7 @@ impl Manager {
             Pending::new(actor, "secret.verify"),
             async |_ev: &mut Pending| {
                 let keys = self.keys.material().await?;
-                let entries: Vec<Arc<Entry>> = if names.is_empty() {
+                let entries: Vec<Arc<SecretEntry>> = if names.is_empty() {
                     self.view.all()
                 } else {
                     names
