@@ -187,3 +187,113 @@ fn docker_stored_value_is_exact() {
         Ok(&b"exact value\n"[..])
     );
 }
+
+#[test]
+fn docker_service_commands() {
+    let Some(bin) = docker_binary() else { return };
+    let s = Server::start(&[]);
+    let sid = ok(&docker(
+        &bin,
+        &s,
+        &["secret", "create", "db_password", "-"],
+        Some(b"pw"),
+    ))
+    .trim()
+    .to_owned();
+    let create = [
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "web",
+        "--secret",
+        "db_password",
+        "--secret",
+        "source=db_password,target=pw,uid=1000,gid=1000,mode=0400",
+        "--replicas",
+        "2",
+        "--env",
+        "A=1",
+        "--user",
+        "1000:1000",
+        "--workdir",
+        "/srv",
+        "busybox",
+        "sleep",
+        "1000",
+    ];
+    ok(&docker(&bin, &s, &create, None));
+    let ls = ok(&docker(
+        &bin,
+        &s,
+        &[
+            "service",
+            "ls",
+            "--format",
+            "{{.Name}} {{.Mode}} {{.Replicas}}",
+        ],
+        None,
+    ));
+    assert_eq!(
+        ls.trim(),
+        "web replicated 0/2",
+        "no scheduler yet, so no task runs: {ls}"
+    );
+    let refs = ok(&docker(
+        &bin,
+        &s,
+        &[
+            "service",
+            "inspect",
+            "--format",
+            "{{json .Spec.TaskTemplate.ContainerSpec.Secrets}}",
+            "web",
+        ],
+        None,
+    ));
+    let refs: serde_json::Value = serde_json::from_str(&refs).unwrap();
+    assert_eq!(
+        refs[1]["File"],
+        serde_json::json!({"Name": "pw", "UID": "1000", "GID": "1000", "Mode": 256})
+    );
+    assert_eq!(refs[0]["SecretID"], sid.as_str());
+    // A granted secret cannot be removed; the message is Docker's.
+    let rm = docker(&bin, &s, &["secret", "rm", "db_password"], None);
+    assert!(
+        String::from_utf8_lossy(&rm.stderr)
+            .contains("secret 'db_password' is in use by the following service: web"),
+        "{rm:?}"
+    );
+    ok(&docker(
+        &bin,
+        &s,
+        &[
+            "service",
+            "update",
+            "--detach",
+            "--secret-rm",
+            "db_password",
+            "--secret-add",
+            "source=db_password,target=pw2,mode=0440",
+            "web",
+        ],
+        None,
+    ));
+    let refs = ok(&docker(
+        &bin,
+        &s,
+        &[
+            "service",
+            "inspect",
+            "--format",
+            "{{json .Spec.TaskTemplate.ContainerSpec.Secrets}}",
+            "web",
+        ],
+        None,
+    ));
+    let refs: serde_json::Value = serde_json::from_str(&refs).unwrap();
+    assert_eq!(refs.as_array().unwrap().len(), 1);
+    assert_eq!(refs[0]["File"]["Name"], "pw2");
+    ok(&docker(&bin, &s, &["service", "rm", "web"], None));
+    ok(&docker(&bin, &s, &["secret", "rm", "db_password"], None));
+}

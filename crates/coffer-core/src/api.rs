@@ -294,3 +294,52 @@ mod tests {
         }
     }
 }
+
+/// A service as returned by `GET /services` and `GET /services/{id}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Service {
+    /// Object id.
+    #[serde(rename = "ID")]
+    pub id: String,
+    /// Object version (for updates).
+    #[serde(rename = "Version")]
+    pub version: ObjectVersion,
+    /// Creation time.
+    #[serde(rename = "CreatedAt")]
+    pub created_at: String,
+    /// Last change.
+    #[serde(rename = "UpdatedAt")]
+    pub updated_at: String,
+    /// The spec.
+    #[serde(rename = "Spec")]
+    pub spec: crate::service::ServiceSpec,
+    /// Task counts (`?status=true`).
+    #[serde(
+        rename = "ServiceStatus",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub service_status: Option<ServiceStatus>,
+}
+
+/// `ServiceStatus`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    /// Tasks running now.
+    #[serde(rename = "RunningTasks")]
+    pub running_tasks: u64,
+    /// Tasks wanted.
+    #[serde(rename = "DesiredTasks")]
+    pub desired_tasks: u64,
+}
+
+/// Response to a service create.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceCreateResponse {
+    /// The new service's id.
+    #[serde(rename = "ID")]
+    pub id: String,
+    /// Warnings for the client (none yet).
+    #[serde(rename = "Warnings", default)]
+    pub warnings: Option<Vec<String>>,
+}

@@ -125,3 +125,56 @@ pub const AUDIT_EVENTS_PREFIX: &str = "/audit/0";
 
 /// Prefix of audit events waiting to be chained.
 pub const AUDIT_PENDING_PREFIX: &str = "/audit-pending/";
+
+/// Prefix of service records.
+pub const SERVICES_PREFIX: &str = "/services/";
+
+/// Store key of a service.
+pub fn service_key(id: &str) -> String {
+    format!("{SERVICES_PREFIX}{id}")
+}
+
+/// Store key reserving a service name.
+pub fn service_name_key(name: &str) -> String {
+    format!("/service-names/{name}")
+}
+
+/// Put by every service write: a secret removal compares its revision, so no service can
+/// start referencing a secret between the removal's check and its commit.
+pub const SERVICE_INDEX_KEY: &str = "/service-index";
+
+/// A service as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceRecord {
+    /// Object id.
+    pub id: String,
+    /// The spec, with every grant's `SecretID` and `SecretName` resolved.
+    pub spec: crate::service::ServiceSpec,
+    /// Creation time, RFC 3339.
+    pub created_at: String,
+    /// Last change, RFC 3339.
+    pub updated_at: String,
+}
+
+impl Named for ServiceRecord {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn name(&self) -> &str {
+        &self.spec.name
+    }
+}
+
+impl ServiceRecord {
+    /// Ids of the secrets this service is granted.
+    pub fn secret_ids(&self) -> impl Iterator<Item = &str> {
+        self.spec
+            .task_template
+            .container_spec
+            .secrets
+            .iter()
+            .flatten()
+            .map(|r| r.secret_id.as_str())
+    }
+}

@@ -17,6 +17,16 @@ pub enum ControlError {
         /// How many matched.
         count: usize,
     },
+    /// A secret is granted to services, so it cannot be removed.
+    #[error("secret '{secret}' is in use by the following service{plural}: {services}")]
+    InUse {
+        /// The secret's name.
+        secret: String,
+        /// `s` when several.
+        plural: &'static str,
+        /// Their names, comma-separated.
+        services: String,
+    },
     /// Request body is not what the endpoint takes.
     #[error("{0}")]
     Invalid(String),
@@ -36,9 +46,11 @@ pub enum ControlError {
     Locked,
     /// The name is taken.
     #[error(
-        "secret {name:?} already exists; choose another name or remove the existing secret first"
+        "{kind} {name:?} already exists; choose another name or remove the existing {kind} first"
     )]
     NameConflict {
+        /// `secret`, `service`.
+        kind: &'static str,
         /// The name.
         name: String,
     },
@@ -60,8 +72,10 @@ pub enum ControlError {
     #[error(transparent)]
     Random(#[from] coffer_crypto::RandomError),
     /// The object changed since the version the client read.
-    #[error("secret {name:?} changed since version {given} (it is at {current}); inspect it again and retry with version={current}")]
+    #[error("{kind} {name:?} changed since version {given} (it is at {current}); inspect it again and retry with version={current}")]
     StaleVersion {
+        /// `secret`, `service`.
+        kind: &'static str,
         /// The name.
         name: String,
         /// Version the client sent.
@@ -88,9 +102,11 @@ impl ControlError {
     pub fn status(&self) -> StatusCode {
         match self {
             // === 400: the request is wrong ===
-            Self::Ambiguous { .. } | Self::Invalid(_) | Self::NotAutolocked | Self::Unlock(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::Ambiguous { .. }
+            | Self::InUse { .. }
+            | Self::Invalid(_)
+            | Self::NotAutolocked
+            | Self::Unlock(_) => StatusCode::BAD_REQUEST,
             // === 404 ===
             Self::NotFound { .. } | Self::NoRoute(_) => StatusCode::NOT_FOUND,
             // === 409: the state does not allow it ===
@@ -110,6 +126,7 @@ impl ControlError {
     pub fn outcome(&self) -> String {
         let kind = match self {
             Self::Ambiguous { .. } => "ambiguous",
+            Self::InUse { .. } => "in-use",
             Self::Invalid(_) => "invalid",
             Self::Integrity { .. } => "integrity-error",
             Self::Keyring(_) => "keyring-error",

@@ -220,6 +220,31 @@ pub(crate) async fn handle(m: &Manager, actor: &Actor, req: Request<Incoming>) -
                 m.remove_secret(actor, id).await?;
                 json_response(StatusCode::NO_CONTENT, Bytes::new())
             }
+            (&Method::POST, ["services", "create"]) => {
+                let body = read_body(req).await?;
+                json(StatusCode::CREATED, &m.create_service(actor, &body).await?)
+            }
+            (&Method::GET, ["services"]) => {
+                let filters = match query_param(q, "filters") {
+                    Some(f) if !f.is_empty() => ListFilters::parse(&f)?,
+                    _ => ListFilters::default(),
+                };
+                let status = query_param(q, "status").is_some_and(|s| s == "true" || s == "1");
+                json_response(StatusCode::OK, m.list_services(&filters, status).await?)
+            }
+            (&Method::GET, ["services", id]) => json(StatusCode::OK, &m.inspect_service(id).await?),
+            (&Method::POST, ["services", id, "update"]) => {
+                let id = (*id).to_owned();
+                let version = query_param(q, "version");
+                let body = read_body(req).await?;
+                m.update_service(actor, &id, version.as_deref(), &body)
+                    .await?;
+                json(StatusCode::OK, &serde_json::json!({ "Warnings": null }))
+            }
+            (&Method::DELETE, ["services", id]) => {
+                m.remove_service(actor, id).await?;
+                json_response(StatusCode::OK, Bytes::new())
+            }
             (&Method::POST, ["coffer", "secrets", id, "rotate"]) => {
                 let id = (*id).to_owned();
                 let body = read_body(req).await?;

@@ -5,6 +5,7 @@
 
 mod keys;
 mod secrets;
+mod services;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -93,6 +94,7 @@ pub struct Manager {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) keys: Keys,
     pub(crate) view: Arc<View<coffer_core::record::SecretRecord>>,
+    pub(crate) services: Arc<View<coffer_core::record::ServiceRecord>>,
     pub(crate) audit: Arc<Audit>,
     /// Creates and rotations hold it shared; a KEK rotation holds it exclusively, so no
     /// data key is wrapped by a KEK that is about to be retired.
@@ -226,6 +228,12 @@ impl Manager {
         }
         let opened = Keys::open(&keyring_path, config.autolock)?;
         let view = View::start(Arc::clone(&store), SECRETS_PREFIX, "secret").await?;
+        let services = View::start(
+            Arc::clone(&store),
+            coffer_core::record::SERVICES_PREFIX,
+            "service",
+        )
+        .await?;
         let audit = Audit::start(Arc::clone(&store));
         let cluster_id = cluster_id(&*store).await?;
         let locked = opened.keys.is_locked().await;
@@ -233,6 +241,7 @@ impl Manager {
             store,
             keys: opened.keys,
             view,
+            services,
             audit,
             key_rotation: tokio::sync::RwLock::new(()),
             keep_versions: config.keep_versions.max(1),

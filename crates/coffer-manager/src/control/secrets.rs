@@ -13,7 +13,7 @@ use coffer_core::api::{
 use coffer_core::limits::MAX_SECRET_SIZE;
 use coffer_core::record::{
     secret_data_key, secret_dek_key, secret_key, secret_name_key, SecretRecord, VersionRecord,
-    WrappedKeyRecord,
+    WrappedKeyRecord, SERVICE_INDEX_KEY,
 };
 use coffer_core::{validate_labels, ObjectId, SecretName};
 use coffer_crypto::value::{open_value, seal_value};
@@ -126,15 +126,25 @@ impl ListFilters {
     }
 
     fn matches(&self, r: &SecretRecord) -> bool {
+        self.matches_named(&r.id, &r.name, &r.labels)
+    }
+
+    /// Whether an object with this id, name and labels passes the filters.
+    pub fn matches_named(
+        &self,
+        id: &str,
+        name: &str,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> bool {
         let any = |list: &[String], f: &dyn Fn(&str) -> bool| {
             list.is_empty() || list.iter().any(|x| f(x))
         };
-        any(&self.id, &|p| r.id.starts_with(p))
-            && any(&self.name, &|p| r.name.starts_with(p))
-            && any(&self.names, &|n| r.name == n)
+        any(&self.id, &|p| id.starts_with(p))
+            && any(&self.name, &|p| name.starts_with(p))
+            && any(&self.names, &|n| name == n)
             && self.label.iter().all(|l| match l.split_once('=') {
-                Some((k, v)) => r.labels.get(k).is_some_and(|x| x == v),
-                None => r.labels.contains_key(l.as_str()),
+                Some((k, v)) => labels.get(k).is_some_and(|x| x == v),
+                None => labels.contains_key(l.as_str()),
             })
     }
 }
@@ -225,6 +235,7 @@ impl Manager {
         let current = u64::try_from(entry.mod_revision).unwrap_or(0);
         if given != current {
             return Err(ControlError::StaleVersion {
+                kind: "secret",
                 name: entry.record.name.clone(),
                 given,
                 current,
@@ -259,7 +270,7 @@ impl Manager {
             let value = decode_value(data)?;
             let keys = self.keys.material().await?;
             if self.view.name_taken(name.as_str()) {
-                return Err(ControlError::NameConflict { name: name.to_string() });
+                return Err(ControlError::NameConflict { kind: "secret", name: name.to_string() });
             }
             let id = ObjectId::from_random(coffer_crypto::digest::random_u128()?).to_string();
             ev.object_id.clone_from(&id);
@@ -287,13 +298,13 @@ impl Manager {
                     dek_op,
                     ev.op()?,
                 ],
-                failure: vec![ev.clone().outcome(ControlError::NameConflict { name: String::new() }.outcome()).op()?],
+                failure: vec![ev.clone().outcome(ControlError::NameConflict { kind: "secret", name: String::new() }.outcome()).op()?],
             };
             let r = self.store.txn(txn).await?;
             ev.recorded = true;
             self.audit.poke();
             if !r.succeeded {
-                return Err(ControlError::NameConflict { name: name.to_string() });
+                return Err(ControlError::NameConflict { kind: "secret", name: name.to_string() });
             }
             self.view.wait_for(r.revision).await;
             Ok(IdResponse { id })
@@ -380,6 +391,7 @@ impl Manager {
         if !r.succeeded {
             let current = self.view.lookup(&id).map(|e| e.mod_revision).unwrap_or(0);
             return Err(ControlError::StaleVersion {
+                kind: "secret",
                 name: entry.record.name.clone(),
                 given: u64::try_from(rev).unwrap_or(0),
                 current: u64::try_from(current).unwrap_or(0),
@@ -398,6 +410,21 @@ impl Manager {
                 let entry = self.view.lookup(key)?;
                 let r = &entry.record;
                 *ev = ev.clone().object(&r.id, &r.name);
+                // Refused while a service is granted the secret (Docker's rule and message).
+                // The compare on the services index makes the check and the delete one step.
+                let index_rev = self
+                    .store
+                    .get(SERVICE_INDEX_KEY)
+                    .await?
+                    .map_or(0, |kv| kv.mod_revision);
+                let users = self.services_using(&r.id, index_rev).await;
+                if !users.is_empty() {
+                    return Err(ControlError::InUse {
+                        secret: r.name.clone(),
+                        plural: if users.len() > 1 { "s" } else { "" },
+                        services: users.join(", "),
+                    });
+                }
                 let mut success = vec![
                     Op::Delete(secret_key(&r.id)),
                     Op::Delete(secret_name_key(&r.name)),
@@ -408,7 +435,10 @@ impl Manager {
                 }
                 success.push(ev.op()?);
                 let txn = Txn {
-                    compares: vec![Compare::ModRevision(secret_key(&r.id), entry.mod_revision)],
+                    compares: vec![
+                        Compare::ModRevision(secret_key(&r.id), entry.mod_revision),
+                        Compare::ModRevision(SERVICE_INDEX_KEY.into(), index_rev),
+                    ],
                     success,
                     failure: vec![ev.clone().outcome("refused: changed concurrently").op()?],
                 };
@@ -417,6 +447,7 @@ impl Manager {
                 self.audit.poke();
                 if !res.succeeded {
                     return Err(ControlError::StaleVersion {
+                        kind: "secret",
                         name: r.name.clone(),
                         given: u64::try_from(entry.mod_revision).unwrap_or(0),
                         current: self
