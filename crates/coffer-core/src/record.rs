@@ -178,3 +178,122 @@ impl ServiceRecord {
             .map(|r| r.secret_id.as_str())
     }
 }
+
+/// Prefix of task records.
+pub const TASKS_PREFIX: &str = "/tasks/";
+
+/// Store key of a task.
+pub fn task_key(id: &str) -> String {
+    format!("{TASKS_PREFIX}{id}")
+}
+
+/// Prefix of node records.
+pub const NODES_PREFIX: &str = "/nodes/";
+
+/// Store key of a node.
+pub fn node_key(id: &str) -> String {
+    format!("{NODES_PREFIX}{id}")
+}
+
+/// A node as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// Node id.
+    pub id: String,
+    /// Host name (unique among nodes).
+    pub hostname: String,
+    /// `manager` or `worker`.
+    pub role: String,
+    /// `active`, `pause` or `drain`.
+    pub availability: String,
+    /// `ready` or `down`.
+    pub state: String,
+    /// Creation time.
+    pub created_at: String,
+    /// Last change.
+    pub updated_at: String,
+}
+
+impl Named for NodeRecord {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn name(&self) -> &str {
+        &self.hostname
+    }
+}
+
+/// The states of a task, in Docker's order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskState {
+    /// Created by the scheduler.
+    New,
+    /// Given to a node.
+    Assigned,
+    /// The node is setting it up (secrets, process).
+    Starting,
+    /// Its process runs.
+    Running,
+    /// Exited with status 0.
+    Complete,
+    /// Stopped because it was asked to.
+    Shutdown,
+    /// Exited non-zero or could not start.
+    Failed,
+    /// The node refused it (e.g. no way to mount memory-only storage).
+    Rejected,
+}
+
+impl TaskState {
+    /// Whether the task will not run again.
+    pub fn is_terminal(self) -> bool {
+        self >= Self::Complete
+    }
+}
+
+/// A task as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    /// Task id.
+    pub id: String,
+    /// Its service.
+    pub service_id: String,
+    /// Its service's name (for display and the task name).
+    pub service_name: String,
+    /// Replica slot, from 1.
+    pub slot: u64,
+    /// Node it is assigned to.
+    pub node_id: String,
+    /// The service revision it was made from (a newer one replaces it).
+    pub service_revision: i64,
+    /// `running` or `shutdown`.
+    pub desired: TaskState,
+    /// What the node last reported.
+    pub state: TaskState,
+    /// Human-readable status.
+    pub message: String,
+    /// Why it failed, if it did.
+    pub err: String,
+    /// Exit code, once exited.
+    pub exit_code: Option<i32>,
+    /// Restarts of this slot before this task (for MaxAttempts).
+    pub attempt: u64,
+    /// When it was created.
+    pub created_at: String,
+    /// Last change.
+    pub updated_at: String,
+    /// Name shown to users: `<service>.<slot>.<id>`, unique.
+    pub name: String,
+}
+
+impl Named for TaskRecord {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+}

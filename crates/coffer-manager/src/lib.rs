@@ -22,6 +22,8 @@ pub mod audit;
 pub mod control;
 pub mod error;
 pub mod keys;
+pub mod scheduler;
+
 pub mod view;
 
 pub use control::{Config, Manager, OpenError, Startup, StoreSpec};

@@ -93,10 +93,12 @@ impl Manager {
                 .flatten();
             let entry = match by_id {
                 Some(e) if r.secret_name.is_empty() || e.record.name == r.secret_name => e,
-                Some(e) => return Err(ControlError::Invalid(format!(
+                Some(e) => {
+                    return Err(ControlError::Invalid(format!(
                     "grant names secret {:?} but SecretID {} is secret {:?}; give one or the other",
                     r.secret_name, r.secret_id, e.record.name
-                ))),
+                )))
+                }
                 None => self.view.lookup(&r.secret_name).map_err(|_| {
                     let n = if r.secret_name.is_empty() {
                         &r.secret_id
