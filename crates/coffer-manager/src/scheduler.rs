@@ -375,7 +375,7 @@ mod tests {
         limited.max_attempts = 1;
         let failed_again = vec![task("t2", 1, "a", Running, Failed, 1, 1)];
         assert!(plan(
-            &[limited.clone()],
+            &[limited],
             &failed_again,
             &[node("a")],
             at("2026-01-02T00:00:00Z")
