@@ -232,6 +232,17 @@ where
         })
     }
 
+    /// The error for a write on `id` that lost its compare on revision `given`.
+    pub fn stale(&self, id: &str, name: &str, given: i64) -> ControlError {
+        let current = self.lookup(id).map_or(0, |e| e.mod_revision);
+        ControlError::StaleVersion {
+            kind: self.kind,
+            name: name.to_owned(),
+            given: u64::try_from(given).unwrap_or(0),
+            current: u64::try_from(current).unwrap_or(0),
+        }
+    }
+
     /// Whether a name is taken.
     pub fn name_taken(&self, name: &str) -> bool {
         self.state

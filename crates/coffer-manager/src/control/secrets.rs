@@ -389,14 +389,9 @@ impl Manager {
         ev.recorded = true;
         self.audit.poke();
         if !r.succeeded {
-            let current = self.view.lookup(&id).map(|e| e.mod_revision).unwrap_or(0);
-            return Err(ControlError::StaleVersion {
-                kind: "secret",
-                name: entry.record.name.clone(),
-                given: u64::try_from(rev).unwrap_or(0),
-                current: u64::try_from(current).unwrap_or(0),
-            });
+            return Err(self.view.stale(&id, &entry.record.name, rev));
         }
+
         self.view.wait_for(r.revision).await;
         Ok(())
     }
@@ -446,16 +441,7 @@ impl Manager {
                 ev.recorded = true;
                 self.audit.poke();
                 if !res.succeeded {
-                    return Err(ControlError::StaleVersion {
-                        kind: "secret",
-                        name: r.name.clone(),
-                        given: u64::try_from(entry.mod_revision).unwrap_or(0),
-                        current: self
-                            .view
-                            .lookup(&r.id)
-                            .map(|e| u64::try_from(e.mod_revision).unwrap_or(0))
-                            .unwrap_or(0),
-                    });
+                    return Err(self.view.stale(&r.id, &r.name.clone(), entry.mod_revision));
                 }
                 self.view.wait_for(res.revision).await;
                 Ok(())

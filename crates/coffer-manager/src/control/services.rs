@@ -259,14 +259,9 @@ impl Manager {
             ev.recorded = true;
             self.audit.poke();
             if !r.succeeded {
-                let now_rev = self.services.lookup(&id).map(|e| e.mod_revision).unwrap_or(0);
-                return Err(ControlError::StaleVersion {
-                    kind: "service",
-                    name: record.spec.name,
-                    given,
-                    current: u64::try_from(now_rev).unwrap_or(0),
-                });
+                return Err(self.services.stale(&id, &record.spec.name, entry.mod_revision));
             }
+
             self.services.wait_for(r.revision).await;
             Ok(())
         })
@@ -295,16 +290,11 @@ impl Manager {
                 ev.recorded = true;
                 self.audit.poke();
                 if !res.succeeded {
-                    return Err(ControlError::StaleVersion {
-                        kind: "service",
-                        name: r.spec.name.clone(),
-                        given: u64::try_from(entry.mod_revision).unwrap_or(0),
-                        current: self
-                            .services
-                            .lookup(&r.id)
-                            .map(|e| u64::try_from(e.mod_revision).unwrap_or(0))
-                            .unwrap_or(0),
-                    });
+                    return Err(self.services.stale(
+                        &r.id,
+                        &r.spec.name.clone(),
+                        entry.mod_revision,
+                    ));
                 }
                 self.services.wait_for(res.revision).await;
                 Ok(())
