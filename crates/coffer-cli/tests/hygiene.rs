@@ -70,6 +70,11 @@ fn canary_never_leaks() {
     for body in [
         create_body("db_password", &canary),
         create_body("bad name", &canary),
+        // A value put in the wrong field: serde's type error would quote it.
+        serde_json::to_vec(
+            &serde_json::json!({"Name": "x", "Labels": String::from_utf8_lossy(&canary)}),
+        )
+        .unwrap(),
         [canary.as_slice(); 40000].concat(),
         serde_json::to_vec(
             &serde_json::json!({"Name": "x", "Data": String::from_utf8_lossy(&canary)}),

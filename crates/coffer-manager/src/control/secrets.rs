@@ -42,9 +42,51 @@ pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
             "{what}: the request body is empty; send a JSON object"
         )));
     }
-    // serde_json's messages name the field and position, never echo string contents.
-    serde_json::from_slice(body)
-        .map_err(|e| ControlError::Invalid(format!("{what}: malformed JSON: {e}")))
+    serde_json::from_slice(body).map_err(|e| {
+        ControlError::Invalid(format!(
+            "{what}: malformed JSON: {}",
+            redact_quoted(&e.to_string())
+        ))
+    })
+}
+
+/// serde's type errors quote the offending string (`invalid type: string "...", expected a
+/// map`), and a client that put a value in the wrong field would get it echoed into the
+/// error and the audit trail. Field names come in backticks and stay; anything in double
+/// quotes is replaced.
+fn redact_quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(start) = rest.find('"') {
+        out.push_str(&rest[..=start]);
+        let after = &rest[start + 1..];
+        // The closing quote is the last one before the next ", expected" or the end; serde
+        // escapes inner quotes, so find the first unescaped quote.
+        let mut end = None;
+        let mut escaped = false;
+        for (i, c) in after.char_indices() {
+            match c {
+                '\\' if !escaped => escaped = true,
+                '"' if !escaped => {
+                    end = Some(i);
+                    break;
+                }
+                _ => escaped = false,
+            }
+        }
+        match end {
+            Some(i) => {
+                out.push_str("...\"");
+                rest = &after[i + 1..];
+            }
+            None => {
+                out.push_str("...");
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Decodes a base64 value and applies Swarm's size rule.
@@ -615,6 +657,32 @@ mod tests {
             .to_string()
             .contains("invalid filter"));
         ListFilters::parse("{").unwrap_err();
+    }
+
+    #[test]
+    fn json_errors_never_echo_strings() {
+        let canary = "CANARY-in-the-wrong-field";
+        for body in [
+            format!(r#"{{"Name":"x","Labels":"{canary}"}}"#),
+            format!(r#"{{"Name":["{canary}"]}}"#),
+            format!(r#"{{"Name":"x","Driver":{{"Name":5,"Options":"{canary}"}}}}"#),
+            format!(r#"{{"Name":"x","Labels":"a\"{canary}\"b"}}"#),
+        ] {
+            let e = parse_json::<SecretSpecRequest>(body.as_bytes(), "secret create")
+                .unwrap_err()
+                .to_string();
+            assert!(!e.contains("CANARY"), "{e}");
+            assert!(e.contains("malformed JSON"), "{e}");
+        }
+        // What is not a string value stays, so the message still helps.
+        let e = parse_json::<SecretSpecRequest>(br#"{"Name": 5}"#, "secret create")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("invalid type: integer `5`, expected a string"),
+            "{e}"
+        );
+        assert_eq!(redact_quoted(r#"a "x\"y" b "z"#), r#"a "..." b "..."#);
     }
 
     #[test]
