@@ -82,24 +82,18 @@ fn workload_sees_only_its_secrets_and_dies_whole() {
          if echo x > /run/secrets/new 2>/dev/null; then echo WRITABLE; else echo readonly; fi; \
          ls -A {base} 2>/dev/null | wc -l; \
          grep -q '{canary}' /proc/self/environ && echo ENV-LEAK || echo env-clean; \
+         echo \"$GREETING\"; [ -z \"$HOME$RUST_BACKTRACE\" ] && echo nothing-inherited; \
          setsid sleep 1000 & sleep 1000 & echo ready; wait",
         base = base.path().display()
     );
     let mut child = Command::new(common::BIN)
+        .env_clear()
+        .env("GREETING", "hi")
         .args(["task-exec", "--secrets-dir"])
         .arg(secrets.dir())
         .arg("--hide")
         .arg(base.path())
-        .args([
-            "--user",
-            "1000:1000",
-            "--env",
-            "GREETING=hi",
-            "--",
-            "/bin/sh",
-            "-c",
-            &script,
-        ])
+        .args(["--user", "1000:1000", "--", "/bin/sh", "-c", &script])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -125,7 +119,15 @@ fn workload_sees_only_its_secrets_and_dies_whole() {
     }
     assert_eq!(
         lines,
-        [canary.as_str(), "1000", "readonly", "0", "env-clean"],
+        [
+            canary.as_str(),
+            "1000",
+            "readonly",
+            "0",
+            "env-clean",
+            "hi",
+            "nothing-inherited"
+        ],
         "as seen by the workload"
     );
     // The host sees no /run/secrets mount of the task, and no file of it.

@@ -26,9 +26,6 @@ pub(crate) struct TaskExecArgs {
     /// Working directory.
     #[arg(long)]
     workdir: Option<PathBuf>,
-    /// Environment K=V (repeatable); nothing else is inherited.
-    #[arg(long = "env")]
-    env: Vec<String>,
     /// The command and its arguments.
     #[arg(last = true, required = true)]
     command: Vec<String>,
@@ -72,15 +69,13 @@ pub(crate) fn run(a: TaskExecArgs) -> ExitCode {
         return fail("no command given".into());
     };
 
+    // The workload's environment is this helper's: the agent starts the helper with
+    // exactly the task's environment (env_clear, then the spec's variables), never through
+    // the command line: /proc/<pid>/cmdline is readable by every user, environ only by the
+    // same uid, and env grants carry secret values.
     let mut cmd = Command::new(program);
-    cmd.args(args).env_clear();
-    let mut has_path = false;
-    for kv in &a.env {
-        let (k, v) = kv.split_once('=').unwrap_or((kv.as_str(), ""));
-        has_path |= k == "PATH";
-        cmd.env(k, v);
-    }
-    if !has_path {
+    cmd.args(args);
+    if std::env::var_os("PATH").is_none() {
         cmd.env("PATH", DEFAULT_PATH);
     }
     let err = cmd.exec();
