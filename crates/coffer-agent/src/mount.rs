@@ -134,16 +134,26 @@ pub fn parse_mountinfo_under(mountinfo: &str, base: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+/// Decodes mountinfo's `\ooo` octal escapes, working on bytes (a path may hold UTF-8
+/// right after a backslash).
 fn unescape(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() + 1 && b.len() >= i + 4 {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
-                out.push(v);
-                i += 4;
-                continue;
+        if b[i] == b'\\' {
+            if let Some(&[d0, d1, d2]) = b.get(i + 1..i + 4) {
+                let digits = [d0, d1, d2];
+                if digits.iter().all(|d| (b'0'..=b'7').contains(d)) {
+                    let v = digits
+                        .iter()
+                        .fold(0u16, |acc, d| acc * 8 + u16::from(d - b'0'));
+                    if let Ok(byte) = u8::try_from(v) {
+                        out.push(byte);
+                        i += 4;
+                        continue;
+                    }
+                }
             }
         }
         out.push(b[i]);
@@ -262,6 +272,9 @@ mod tests {
                     44 27 0:41 / /run/coffer/tasks/a\\040b rw - ramfs coffer rw\n\
                     45 27 0:42 / /other rw - tmpfs tmpfs rw\n";
         let got = parse_mountinfo_under(text, Path::new("/run/coffer/tasks"));
+        // A backslash before multi-byte UTF-8 used to slice a str mid-character and panic.
+        assert_eq!(unescape("/a\\éé/b\\1"), "/a\\éé/b\\1");
+        assert_eq!(unescape("/a\\134b\\777"), "/a\\b\\777");
         assert_eq!(
             got,
             vec![
