@@ -276,6 +276,15 @@ impl UnlockKey {
         s
     }
 
+    /// Whether two keys are the same, in constant time.
+    pub fn matches(&self, other: &Self) -> bool {
+        self.0
+            .iter()
+            .zip(other.0.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+    }
+
     fn sealing_key(&self) -> Zeroizing<[u8; KEY_LEN]> {
         let salt = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"coffer unlock key");
         let prk = salt.extract(self.0.as_ref());
@@ -451,6 +460,7 @@ mod tests {
             m.digest_key()
         );
         let other = UnlockKey::generate().unwrap();
+        assert!(parsed.matches(&uk) && !other.matches(&uk));
         assert_eq!(
             KeyringFile::unseal(&s, &other).unwrap_err(),
             UnlockError::Wrong

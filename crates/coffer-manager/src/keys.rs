@@ -143,7 +143,7 @@ impl Keys {
                 unlock_key: Some(current),
                 ..
             } => {
-                if current.to_text() == key.to_text() {
+                if current.matches(&key) {
                     Ok(())
                 } else {
                     Err(keyring::UnlockError::Wrong.into())
