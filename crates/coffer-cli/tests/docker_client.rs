@@ -252,11 +252,21 @@ fn docker_service_commands() {
         None,
     ));
     let refs: serde_json::Value = serde_json::from_str(&refs).unwrap();
+    // The docker client sends --secret grants in no fixed order (it gathers them in a map).
+    let refs = refs.as_array().unwrap();
+    let pw = refs
+        .iter()
+        .find(|r| r["File"]["Name"] == "pw")
+        .expect("the pw grant");
     assert_eq!(
-        refs[1]["File"],
+        pw["File"],
         serde_json::json!({"Name": "pw", "UID": "1000", "GID": "1000", "Mode": 256})
     );
-    assert_eq!(refs[0]["SecretID"], sid.as_str());
+    assert_eq!(refs.len(), 2);
+    assert!(
+        refs.iter().all(|r| r["SecretID"] == sid.as_str()),
+        "{refs:?}"
+    );
     // A granted secret cannot be removed; the message is Docker's.
     let rm = docker(&bin, &s, &["secret", "rm", "db_password"], None);
     assert!(
