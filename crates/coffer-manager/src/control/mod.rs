@@ -289,6 +289,30 @@ impl Manager {
         }
     }
 
+    /// Runs `compares -> success` with the operation's audit event in both branches (the
+    /// failure branch records `refused`), marks the event recorded and wakes the chainer.
+    pub(crate) async fn commit_audited(
+        &self,
+        ev: &mut Pending,
+        compares: Vec<coffer_store::Compare>,
+        mut success: Vec<coffer_store::Op>,
+        refused: impl Into<String>,
+    ) -> Result<coffer_store::TxnResponse, ControlError> {
+        success.push(ev.op()?);
+        let failure = vec![ev.clone().outcome(refused).op()?];
+        let r = self
+            .store
+            .txn(coffer_store::Txn {
+                compares,
+                success,
+                failure,
+            })
+            .await?;
+        ev.recorded = true;
+        self.audit.poke();
+        Ok(r)
+    }
+
     /// Runs `f`, recording its audit event: `f` marks the event recorded when it wrote it
     /// in its own transaction; otherwise it is recorded here with the outcome.
     pub(crate) async fn audited<T>(

@@ -18,7 +18,7 @@ use coffer_core::record::{
 use coffer_core::{validate_labels, ObjectId, SecretName};
 use coffer_crypto::value::{open_value, seal_value};
 use coffer_crypto::{KeyMaterial, SecretBytes};
-use coffer_store::{Compare, Op, Store, Txn};
+use coffer_store::{Compare, Op, Store};
 use zeroize::Zeroizing;
 
 use super::Manager;
@@ -331,20 +331,12 @@ impl Manager {
                 versions: vec![VersionRecord { number: 1, created_at: t, digest: sealed.digest.clone() }],
             };
             let [data_op, dek_op] = sealed_ops(&id, 1, &sealed);
-            let txn = Txn {
-                compares: vec![Compare::Absent(secret_name_key(name.as_str())), Compare::Absent(secret_key(&id))],
-                success: vec![
+            let r = self.commit_audited(ev, vec![Compare::Absent(secret_name_key(name.as_str())), Compare::Absent(secret_key(&id))], vec![
                     Op::Put(secret_key(&id), record_bytes(&record)),
                     Op::Put(secret_name_key(name.as_str()), id.as_bytes().to_vec()),
                     data_op,
                     dek_op,
-                    ev.op()?,
-                ],
-                failure: vec![ev.clone().outcome(ControlError::NameConflict { kind: "secret", name: String::new() }.outcome()).op()?],
-            };
-            let r = self.store.txn(txn).await?;
-            ev.recorded = true;
-            self.audit.poke();
+                ], ControlError::NameConflict { kind: "secret", name: String::new() }.outcome()).await?;
             if !r.succeeded {
                 return Err(ControlError::NameConflict { kind: "secret", name: name.to_string() });
             }
@@ -421,15 +413,14 @@ impl Manager {
         let id = record.id.clone();
         let mut success = vec![Op::Put(secret_key(&id), record_bytes(&record))];
         success.extend(extra);
-        success.push(ev.op()?);
-        let txn = Txn {
-            compares: vec![Compare::ModRevision(secret_key(&id), rev)],
-            success,
-            failure: vec![ev.clone().outcome("refused: stale-version").op()?],
-        };
-        let r = self.store.txn(txn).await?;
-        ev.recorded = true;
-        self.audit.poke();
+        let r = self
+            .commit_audited(
+                ev,
+                vec![Compare::ModRevision(secret_key(&id), rev)],
+                success,
+                "refused: stale-version",
+            )
+            .await?;
         if !r.succeeded {
             return Err(self.view.stale(&id, &entry.record.name, rev));
         }
@@ -470,18 +461,17 @@ impl Manager {
                     success.push(Op::Delete(secret_data_key(&r.id, v.number)));
                     success.push(Op::Delete(secret_dek_key(&r.id, v.number)));
                 }
-                success.push(ev.op()?);
-                let txn = Txn {
-                    compares: vec![
-                        Compare::ModRevision(secret_key(&r.id), entry.mod_revision),
-                        Compare::ModRevision(SERVICE_INDEX_KEY.into(), index_rev),
-                    ],
-                    success,
-                    failure: vec![ev.clone().outcome("refused: changed concurrently").op()?],
-                };
-                let res = self.store.txn(txn).await?;
-                ev.recorded = true;
-                self.audit.poke();
+                let res = self
+                    .commit_audited(
+                        ev,
+                        vec![
+                            Compare::ModRevision(secret_key(&r.id), entry.mod_revision),
+                            Compare::ModRevision(SERVICE_INDEX_KEY.into(), index_rev),
+                        ],
+                        success,
+                        "refused: changed concurrently",
+                    )
+                    .await?;
                 if !res.succeeded {
                     return Err(self.view.stale(&r.id, &r.name.clone(), entry.mod_revision));
                 }

@@ -13,7 +13,7 @@ use coffer_core::record::{
 };
 use coffer_core::service::ServiceSpec;
 use coffer_core::{validate_labels, ObjectId, SecretName};
-use coffer_store::{Compare, Op, Txn};
+use coffer_store::{Compare, Op};
 
 use super::secrets::parse_json;
 use super::{ListFilters, Manager};
@@ -160,25 +160,21 @@ impl Manager {
                         .iter()
                         .map(|s| Compare::Exists(secret_key(&s.record.id))),
                 );
-                let txn = Txn {
-                    compares,
-                    success: vec![
-                        Op::Put(
-                            service_key(&id),
-                            serde_json::to_vec(&record).unwrap_or_default(),
-                        ),
-                        Op::Put(service_name_key(&name), id.as_bytes().to_vec()),
-                        Op::Put(SERVICE_INDEX_KEY.into(), Vec::new()),
-                        ev.op()?,
-                    ],
-                    failure: vec![ev
-                        .clone()
-                        .outcome("refused: name-conflict or secret removed")
-                        .op()?],
-                };
-                let r = self.store.txn(txn).await?;
-                ev.recorded = true;
-                self.audit.poke();
+                let r = self
+                    .commit_audited(
+                        ev,
+                        compares,
+                        vec![
+                            Op::Put(
+                                service_key(&id),
+                                serde_json::to_vec(&record).unwrap_or_default(),
+                            ),
+                            Op::Put(service_name_key(&name), id.as_bytes().to_vec()),
+                            Op::Put(SERVICE_INDEX_KEY.into(), Vec::new()),
+                        ],
+                        "refused: name-conflict or secret removed",
+                    )
+                    .await?;
                 if !r.succeeded {
                     return Err(ControlError::NameConflict {
                         kind: "service",
@@ -246,18 +242,10 @@ impl Manager {
             let id = record.id.clone();
             let mut compares = vec![Compare::ModRevision(service_key(&id), entry.mod_revision)];
             compares.extend(secrets.iter().map(|s| Compare::Exists(secret_key(&s.record.id))));
-            let txn = Txn {
-                compares,
-                success: vec![
+            let r = self.commit_audited(ev, compares, vec![
                     Op::Put(service_key(&id), serde_json::to_vec(&record).unwrap_or_default()),
                     Op::Put(SERVICE_INDEX_KEY.into(), Vec::new()),
-                    ev.op()?,
-                ],
-                failure: vec![ev.clone().outcome("refused: stale-version or secret removed").op()?],
-            };
-            let r = self.store.txn(txn).await?;
-            ev.recorded = true;
-            self.audit.poke();
+                ], "refused: stale-version or secret removed").await?;
             if !r.succeeded {
                 return Err(self.services.stale(&id, &record.spec.name, entry.mod_revision));
             }
@@ -276,19 +264,18 @@ impl Manager {
                 let entry = self.services.lookup(key)?;
                 let r = &entry.record;
                 *ev = ev.clone().object(&r.id, &r.spec.name);
-                let txn = Txn {
-                    compares: vec![Compare::ModRevision(service_key(&r.id), entry.mod_revision)],
-                    success: vec![
-                        Op::Delete(service_key(&r.id)),
-                        Op::Delete(service_name_key(&r.spec.name)),
-                        Op::Put(SERVICE_INDEX_KEY.into(), Vec::new()),
-                        ev.op()?,
-                    ],
-                    failure: vec![ev.clone().outcome("refused: changed concurrently").op()?],
-                };
-                let res = self.store.txn(txn).await?;
-                ev.recorded = true;
-                self.audit.poke();
+                let res = self
+                    .commit_audited(
+                        ev,
+                        vec![Compare::ModRevision(service_key(&r.id), entry.mod_revision)],
+                        vec![
+                            Op::Delete(service_key(&r.id)),
+                            Op::Delete(service_name_key(&r.spec.name)),
+                            Op::Put(SERVICE_INDEX_KEY.into(), Vec::new()),
+                        ],
+                        "refused: changed concurrently",
+                    )
+                    .await?;
                 if !res.succeeded {
                     return Err(self.services.stale(
                         &r.id,
