@@ -169,7 +169,7 @@ impl fmt::Debug for UnlockRequest {
 pub struct UnlockKeyResponse {
     /// The unlock key.
     #[serde(rename = "UnlockKey")]
-    pub unlock_key: String,
+    pub unlock_key: Zeroizing<String>,
 }
 
 impl fmt::Debug for UnlockKeyResponse {

@@ -277,7 +277,7 @@ pub(crate) async fn handle(m: &Manager, actor: &Actor, req: Request<Incoming>) -
                 json(
                     StatusCode::OK,
                     &UnlockKeyResponse {
-                        unlock_key: k.to_text().to_string(),
+                        unlock_key: k.to_text(),
                     },
                 )
             }
@@ -286,7 +286,7 @@ pub(crate) async fn handle(m: &Manager, actor: &Actor, req: Request<Incoming>) -
                 json(
                     StatusCode::OK,
                     &UnlockKeyResponse {
-                        unlock_key: k.to_text().to_string(),
+                        unlock_key: k.to_text(),
                     },
                 )
             }
