@@ -12,14 +12,19 @@
 //! - [`exec`]: a workload's private mount namespace with `/run/secrets`, and stopping its
 //!   whole process tree.
 
+//! - [`mask`]: hiding granted values in task output.
+//! - [`agent`]: the node agent: assignment stream, exec driver supervision, rotation,
+//!   status and log shipping, crash recovery.
 //!
 //! # Current limitations
-//! - No assignment stream, drivers or process supervision yet: the manager side (services,
-//!   tasks, scheduler) and the exec/docker drivers build on this layer next.
+//! - The exec driver needs root; without it tasks are rejected with that reason (a
+//!   user-namespace driver is planned). There is no container (image) driver yet.
 #![warn(missing_docs)]
 
+pub mod agent;
 pub mod exec;
 pub mod files;
+pub mod mask;
 
 pub mod mount;
 pub mod task;

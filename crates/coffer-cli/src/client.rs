@@ -58,12 +58,43 @@ impl Client {
         Err(anyhow!("{msg}"))
     }
 
+    /// Opens a streaming answer (logs): the body, to be read frame by frame.
+    pub(crate) async fn stream(&self, path: &str) -> Result<hyper::body::Incoming> {
+        let resp = self.send(Method::GET, path, None).await?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let bytes = resp.into_body().collect().await?.to_bytes();
+            let msg = serde_json::from_slice::<coffer_core::api::ErrorResponse>(&bytes)
+                .map(|e| e.message)
+                .unwrap_or_else(|_| format!("{status}"));
+            return Err(anyhow!("{msg}"));
+        }
+        Ok(resp.into_body())
+    }
+
     async fn raw(
         &self,
         method: Method,
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<(StatusCode, Bytes)> {
+        let resp = self.send(method, path, body).await?;
+        let status = resp.status();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .context("reading coffer's answer failed")?
+            .to_bytes();
+        Ok((status, bytes))
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<http::Response<hyper::body::Incoming>> {
         let stream = UnixStream::connect(&self.socket).await.map_err(|e| {
             let hint = match e.kind() {
                 std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
@@ -88,17 +119,9 @@ impl Client {
             req = req.header("Content-Type", "application/json");
         }
         let req = req.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
-        let resp = sender
+        sender
             .send_request(req)
             .await
-            .context("request to coffer failed")?;
-        let status = resp.status();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .context("reading coffer's answer failed")?
-            .to_bytes();
-        Ok((status, bytes))
+            .context("request to coffer failed")
     }
 }

@@ -46,6 +46,12 @@ enum Command {
     /// Manage the key-encryption key.
     #[command(subcommand)]
     Key(commands::keys::KeyCommand),
+    /// Manage services: tasks that receive their granted secrets under /run/secrets.
+    #[command(subcommand)]
+    Service(commands::service::ServiceCommand),
+    /// Run one command with secrets under /run/secrets (no cluster needed), passing its
+    /// output (masked) and exit code through.
+    Run(commands::run::RunArgs),
     /// Read and verify the audit trail.
     #[command(subcommand)]
     Audit(commands::audit::AuditCommand),
@@ -120,6 +126,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::UnlockKey(a) => commands::keys::unlock_key(host, a).await,
         Command::Key(c) => commands::keys::key(host, c).await,
         Command::Audit(c) => commands::audit::run(host, c).await,
+        Command::Service(c) => commands::service::run(host, c).await,
+        Command::Run(a) => commands::run::run(host, a).await,
         Command::TaskExec(_) => unreachable!("task-exec runs before the runtime starts"),
     }
 }

@@ -37,3 +37,15 @@ pub(crate) fn default_socket() -> PathBuf {
         None => default_data_dir().join("coffer.sock"),
     }
 }
+
+/// `/run/coffer/tasks` for root, else `$XDG_RUNTIME_DIR/coffer/tasks` (or under the data
+/// directory): where the local agent mounts task secrets (each mount memory-only).
+pub(crate) fn default_agent_dir() -> PathBuf {
+    if is_root() {
+        return PathBuf::from("/run/coffer/tasks");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) => PathBuf::from(d).join("coffer/tasks"),
+        None => default_data_dir().join("tasks"),
+    }
+}

@@ -31,7 +31,7 @@ pub struct Driver {
 
 /// Base64 text of a secret value, as it arrives in a request. Zeroized on drop, never
 /// printed.
-#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Base64Value(pub Zeroizing<String>);
 
@@ -112,6 +112,26 @@ pub struct Secret {
     /// coffer: kept value versions, oldest first.
     #[serde(rename = "Versions", default)]
     pub versions: Vec<SecretVersionInfo>,
+    /// coffer (inspect only): the services granted it and the tasks holding a version.
+    #[serde(rename = "Holders", default, skip_serializing_if = "Vec::is_empty")]
+    pub holders: Vec<SecretHolder>,
+}
+
+/// A service or task that holds a secret (coffer extension).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretHolder {
+    /// Service name.
+    #[serde(rename = "Service")]
+    pub service: String,
+    /// Task name, or empty for the service's grant itself.
+    #[serde(rename = "Task", default)]
+    pub task: String,
+    /// Version delivered (tasks) or pinned (services; 0 = follows the current one).
+    #[serde(rename = "Version")]
+    pub version: u32,
+    /// Task state.
+    #[serde(rename = "State", default)]
+    pub state: String,
 }
 
 /// Response to a create: `{"ID": "..."}` as dockerd sends it.
@@ -288,6 +308,7 @@ mod tests {
                 spec: SecretSpec { name, labels: [(k, v)].into_iter().collect() },
                 current_version: 1,
                 versions: vec![],
+                holders: vec![],
             };
             let j = serde_json::to_string(&s).unwrap();
             prop_assert_eq!(serde_json::from_str::<Secret>(&j).unwrap(), s);

@@ -26,6 +26,7 @@ pub mod grant;
 pub mod id;
 pub mod limits;
 pub mod name;
+pub mod node;
 pub mod record;
 pub mod service;
 

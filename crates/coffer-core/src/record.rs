@@ -254,7 +254,7 @@ impl TaskState {
 }
 
 /// A task as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskRecord {
     /// Task id.
     pub id: String,
@@ -286,6 +286,18 @@ pub struct TaskRecord {
     pub updated_at: String,
     /// Name shown to users: `<service>.<slot>.<id>`, unique.
     pub name: String,
+    /// The service's task template when the task was made (grants resolved).
+    #[serde(default)]
+    pub spec: crate::service::TaskSpec,
+    /// Secret id -> value version: given at creation, then as the node reports delivery.
+    #[serde(default)]
+    pub versions: BTreeMap<String, u32>,
+    /// Grace period between SIGTERM and SIGKILL, nanoseconds (Docker's unit).
+    #[serde(default)]
+    pub stop_grace_ns: Option<i64>,
+    /// The process id on its node, while it runs.
+    #[serde(default)]
+    pub pid: Option<u32>,
 }
 
 impl Named for TaskRecord {

@@ -100,6 +100,24 @@ pub struct SecretReference {
     /// Where the file goes.
     #[serde(rename = "File", default, skip_serializing_if = "Option::is_none")]
     pub file: Option<SecretReferenceFile>,
+    /// coffer's extensions (the docker client ignores the field and drops it on update;
+    /// the manager carries it over from the previous spec).
+    #[serde(rename = "Coffer", default, skip_serializing_if = "Option::is_none")]
+    pub coffer: Option<GrantExtensions>,
+}
+
+/// coffer's additions to a grant.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantExtensions {
+    /// Pinned value version.
+    #[serde(rename = "Version", default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
+    /// `live`, `restart` or `signal:SIGHUP|SIGUSR1|SIGUSR2`.
+    #[serde(rename = "OnRotate", default, skip_serializing_if = "Option::is_none")]
+    pub on_rotate: Option<String>,
+    /// Deliver as this environment variable instead of a file.
+    #[serde(rename = "Env", default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
 }
 
 /// `SecretReference.File`. Docker sends uid and gid as strings and the mode as a decimal
@@ -168,9 +186,11 @@ impl SecretReference {
     /// The grant this reference makes. References from the docker client rotate by
     /// `restart` (Docker's only way); coffer's own extensions arrive separately.
     pub fn to_grant(&self) -> Result<Grant, GrantError> {
-        let spec = match &self.file {
-            None => self.secret_name.clone(),
-            Some(f) => {
+        let ext = self.coffer.clone().unwrap_or_default();
+        let mut spec = match (&self.file, &ext.env) {
+            (_, Some(var)) => format!("source={},type=env,target={var}", self.secret_name),
+            (None, None) => format!("source={}", self.secret_name),
+            (Some(f), None) => {
                 let mut s = format!("source={}", self.secret_name);
                 if !f.name.is_empty() {
                     s.push_str(&format!(",target={}", f.name));
@@ -184,6 +204,12 @@ impl SecretReference {
                 s
             }
         };
+        if let Some(v) = ext.version {
+            spec.push_str(&format!(",version={v}"));
+        }
+        if let Some(r) = &ext.on_rotate {
+            spec.push_str(&format!(",on-rotate={r}"));
+        }
         Grant::parse(&spec, OnRotate::Restart)
     }
 }
@@ -191,24 +217,37 @@ impl SecretReference {
 impl Grant {
     /// The Docker `SecretReference` of a file grant (env grants have none: the docker
     /// client cannot express them), given the secret's id.
-    pub fn to_reference(&self, secret_id: &str) -> Option<SecretReference> {
-        match &self.delivery {
+    pub fn to_reference(&self, secret_id: &str) -> SecretReference {
+        let on_rotate = self.to_string();
+        let on_rotate = on_rotate
+            .rsplit_once("on-rotate=")
+            .map(|(_, r)| r.to_owned());
+        let (file, env) = match &self.delivery {
             Delivery::File {
                 target,
                 uid,
                 gid,
                 mode,
-            } => Some(SecretReference {
-                secret_id: secret_id.to_owned(),
-                secret_name: self.source.to_string(),
-                file: Some(SecretReferenceFile {
+            } => (
+                Some(SecretReferenceFile {
                     name: target.clone(),
                     uid: uid.to_string(),
                     gid: gid.to_string(),
                     mode: *mode,
                 }),
+                None,
+            ),
+            Delivery::Env { var } => (None, Some(var.clone())),
+        };
+        SecretReference {
+            secret_id: secret_id.to_owned(),
+            secret_name: self.source.to_string(),
+            file,
+            coffer: Some(GrantExtensions {
+                version: self.version,
+                on_rotate,
+                env,
             }),
-            Delivery::Env { .. } => None,
         }
     }
 }

@@ -8,7 +8,7 @@
     reason = "integration tests: a panic is the failure report"
 )]
 
-use coffer_core::grant::{Delivery, OnRotate};
+use coffer_core::grant::{Delivery, Grant, OnRotate};
 use coffer_core::service::ServiceSpec;
 
 fn body(name: &str) -> (String, String) {
@@ -81,8 +81,22 @@ fn service_create_from_docker_cli() {
     let again: ServiceSpec = serde_json::from_str(&serde_json::to_string(&spec).unwrap()).unwrap();
     assert_eq!(again, spec);
     // And the grants map back to the references docker sent.
-    let back = grants[1].to_reference("s1").unwrap();
+    let mut back = grants[1].to_reference("s1");
+    let ext = back.coffer.take().unwrap();
+    assert_eq!(ext.on_rotate.as_deref(), Some("restart"));
     assert_eq!(&back, &c.secrets.as_ref().unwrap()[1]);
+    // coffer's extensions round-trip through the reference.
+    for spec in [
+        "source=db_password,target=pw,mode=0400,version=3,on-rotate=signal:SIGHUP",
+        "source=db_password,type=env,target=DB_PW,on-rotate=live",
+    ] {
+        let g = Grant::parse(spec, OnRotate::Live).unwrap();
+        let r = g.to_reference("s1");
+        assert_eq!(r.to_grant().unwrap(), g, "{spec}");
+        let json = serde_json::to_string(&r).unwrap();
+        let again: coffer_core::service::SecretReference = serde_json::from_str(&json).unwrap();
+        assert_eq!(again.to_grant().unwrap(), g, "{json}");
+    }
 }
 
 #[test]

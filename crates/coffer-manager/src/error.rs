@@ -17,6 +17,16 @@ pub enum ControlError {
         /// How many matched.
         count: usize,
     },
+    /// Tasks that still run hold the secret (their services no longer grant it).
+    #[error("secret '{secret}' is in use by the following task{plural}, still running: {tasks}; wait until they stop")]
+    HeldByTasks {
+        /// The secret's name.
+        secret: String,
+        /// `s` when several.
+        plural: &'static str,
+        /// Their names.
+        tasks: String,
+    },
     /// A secret is granted to services, so it cannot be removed.
     #[error("secret '{secret}' is in use by the following service{plural}: {services}")]
     InUse {
@@ -104,6 +114,7 @@ impl ControlError {
             // === 400: the request is wrong ===
             Self::Ambiguous { .. }
             | Self::InUse { .. }
+            | Self::HeldByTasks { .. }
             | Self::Invalid(_)
             | Self::NotAutolocked
             | Self::Unlock(_) => StatusCode::BAD_REQUEST,
@@ -126,7 +137,7 @@ impl ControlError {
     pub fn outcome(&self) -> String {
         let kind = match self {
             Self::Ambiguous { .. } => "ambiguous",
-            Self::InUse { .. } => "in-use",
+            Self::InUse { .. } | Self::HeldByTasks { .. } => "in-use",
             Self::Invalid(_) => "invalid",
             Self::Integrity { .. } => "integrity-error",
             Self::Keyring(_) => "keyring-error",

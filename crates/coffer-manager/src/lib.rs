@@ -22,6 +22,7 @@ pub mod audit;
 pub mod control;
 pub mod error;
 pub mod keys;
+pub mod logs;
 pub mod scheduler;
 
 pub mod view;

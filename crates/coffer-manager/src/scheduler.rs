@@ -11,9 +11,19 @@
 //! history, [`HISTORY_PER_SLOT`] per slot.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use coffer_core::record::{NodeRecord, TaskRecord, TaskState};
+use coffer_core::grant::OnRotate;
+use coffer_core::record::{
+    service_key, task_key, NodeRecord, ServiceRecord, TaskRecord, TaskState,
+};
+use coffer_core::ObjectId;
+use coffer_store::{Compare, Op, Txn};
+
+use crate::control::Manager;
+use crate::error::ControlError;
+use crate::view::Entry;
 
 /// Ended tasks kept per slot.
 pub const HISTORY_PER_SLOT: usize = 5;
@@ -49,6 +59,19 @@ pub struct ServiceIntent {
     pub delay: Duration,
     /// Restarts allowed per slot (0: unlimited).
     pub max_attempts: u64,
+    /// Secret id -> current version, for grants that rotate by `restart`: a task given
+    /// another version is replaced like a task of an older revision.
+    pub restart_versions: BTreeMap<String, u32>,
+}
+
+/// Whether a task must be replaced: made from an older service revision, or holding an
+/// old version of a secret whose grant rotates by restart.
+fn outdated(s: &ServiceIntent, t: &TaskRecord) -> bool {
+    t.service_revision < s.revision
+        || s
+            .restart_versions
+            .iter()
+            .any(|(id, v)| t.versions.get(id).is_some_and(|have| have != v))
 }
 
 /// One change to make.
@@ -136,11 +159,11 @@ pub fn plan(
             t.slot <= s.replicas
                 && ((t.desired == TaskState::Shutdown && !t.state.is_terminal())
                     || (t.desired == TaskState::Running
-                        && t.service_revision == s.revision
+                        && !outdated(s, t)
                         && t.state < TaskState::Running
                         && ts
                             .iter()
-                            .any(|o| o.slot == t.slot && o.service_revision < s.revision)))
+                            .any(|o| o.slot == t.slot && o.id != t.id && outdated(s, o))))
         });
         for t in ts
             .iter()
@@ -192,7 +215,7 @@ pub fn plan(
                         create(&mut actions, t.attempt + 1);
                     }
                 }
-                Some(t) if t.service_revision < s.revision => {
+                Some(t) if outdated(s, t) => {
                     if !replacing {
                         replacing = true;
                         actions.push(Action::Shutdown {
@@ -207,7 +230,7 @@ pub fn plan(
                         // A replaced or restarted slot keeps counting its attempts only
                         // across failures; an update starts it afresh.
                         let last_was_update = !in_slot.is_empty()
-                            && in_slot.iter().all(|t| t.service_revision < s.revision);
+                            && in_slot.iter().all(|t| outdated(s, t));
                         replacing |= last_was_update;
                         create(&mut actions, if last_was_update { 0 } else { attempts });
                     }
@@ -229,6 +252,174 @@ pub fn plan(
         }
     }
     actions
+}
+
+/// What the scheduler needs to know of a stored service.
+fn intent(m: &Manager, e: &Entry<ServiceRecord>) -> ServiceIntent {
+    let spec = &e.record.spec;
+    let rp = spec.task_template.restart_policy.clone().unwrap_or_default();
+    let mut restart_versions = BTreeMap::new();
+    for r in spec.task_template.container_spec.secrets.iter().flatten() {
+        let Ok(g) = r.to_grant() else { continue };
+        if g.on_rotate == OnRotate::Restart && g.version.is_none() {
+            if let Ok(secret) = m.view.lookup(&r.secret_id) {
+                restart_versions.insert(r.secret_id.clone(), secret.record.current);
+            }
+        }
+    }
+    ServiceIntent {
+        id: e.record.id.clone(),
+        name: spec.name.clone(),
+        revision: e.mod_revision,
+        replicas: crate::control::replicas(spec),
+        condition: match rp.condition.as_deref() {
+            Some("none") => RestartCondition::None,
+            Some("on-failure") => RestartCondition::OnFailure,
+            _ => RestartCondition::Any,
+        },
+        delay: rp
+            .delay
+            .and_then(|ns| u64::try_from(ns).ok())
+            .map_or(DEFAULT_RESTART_DELAY, Duration::from_nanos),
+        max_attempts: rp.max_attempts.unwrap_or(0),
+        restart_versions,
+    }
+}
+
+fn now_text() -> String {
+    humantime::format_rfc3339_nanos(SystemTime::now()).to_string()
+}
+
+/// Applies one action; returns the store revision it wrote, if it wrote.
+async fn apply(m: &Manager, action: Action) -> Result<Option<i64>, ControlError> {
+    match action {
+        Action::Create {
+            service_id,
+            service_name,
+            service_revision,
+            slot,
+            node_id,
+            attempt,
+        } => {
+            let Ok(svc) = m.services.lookup(&service_id) else {
+                return Ok(None);
+            };
+            if svc.mod_revision != service_revision {
+                return Ok(None);
+            }
+            let id = ObjectId::from_random(coffer_crypto::digest::random_u128()?).to_string();
+            let spec = svc.record.spec.task_template.clone();
+            let mut versions = BTreeMap::new();
+            for r in spec.container_spec.secrets.iter().flatten() {
+                let pinned = r.to_grant().ok().and_then(|g| g.version);
+                let v = match pinned {
+                    Some(v) => v,
+                    None => m.view.lookup(&r.secret_id).map_or(0, |e| e.record.current),
+                };
+                versions.insert(r.secret_id.clone(), v);
+            }
+            let t = now_text();
+            let record = TaskRecord {
+                name: format!("{service_name}.{slot}.{id}"),
+                id: id.clone(),
+                service_id: service_id.clone(),
+                service_name,
+                slot,
+                node_id,
+                service_revision,
+                desired: TaskState::Running,
+                state: TaskState::Assigned,
+                message: "assigned".into(),
+                err: String::new(),
+                exit_code: None,
+                attempt,
+                created_at: t.clone(),
+                updated_at: t,
+                stop_grace_ns: spec.container_spec.stop_grace_period,
+                spec,
+                versions,
+                pid: None,
+            };
+            let r = m
+                .store
+                .txn(Txn {
+                    compares: vec![
+                        Compare::ModRevision(service_key(&service_id), service_revision),
+                        Compare::Absent(task_key(&id)),
+                    ],
+                    success: vec![Op::Put(
+                        task_key(&id),
+                        serde_json::to_vec(&record).unwrap_or_default(),
+                    )],
+                    failure: vec![],
+                })
+                .await?;
+            Ok(r.succeeded.then_some(r.revision))
+        }
+        Action::Shutdown { task_id } => {
+            m.update_record::<TaskRecord>(&task_key(&task_id), |t| {
+                if t.desired == TaskState::Shutdown {
+                    return false;
+                }
+                t.desired = TaskState::Shutdown;
+                t.updated_at = now_text();
+                true
+            })
+            .await
+        }
+        Action::Delete { task_id } => {
+            let r = m
+                .store
+                .txn(Txn {
+                    compares: vec![Compare::Exists(task_key(&task_id))],
+                    success: vec![Op::Delete(task_key(&task_id))],
+                    failure: vec![],
+                })
+                .await?;
+            Ok(r.succeeded.then_some(r.revision))
+        }
+    }
+}
+
+/// Applies [`plan`] for as long as the manager runs: after every change to services,
+/// tasks, nodes or secrets, and every 250 ms (restart delays).
+pub async fn run(m: Arc<Manager>) {
+    let mut watches = [
+        m.services.subscribe(),
+        m.tasks.subscribe(),
+        m.nodes.subscribe(),
+        m.view.subscribe(),
+    ];
+    loop {
+        let services: Vec<ServiceIntent> =
+            m.services.all().iter().map(|e| intent(&m, e)).collect();
+        let tasks: Vec<TaskRecord> = m.tasks.all().iter().map(|e| e.record.clone()).collect();
+        let nodes: Vec<NodeRecord> = m.nodes.all().iter().map(|e| e.record.clone()).collect();
+        for w in &mut watches {
+            w.borrow_and_update();
+        }
+        let mut wrote = 0;
+        for action in plan(&services, &tasks, &nodes, SystemTime::now()) {
+            match apply(&m, action.clone()).await {
+                Ok(Some(rev)) => wrote = wrote.max(rev),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, ?action, "scheduler action failed"),
+            }
+        }
+        if wrote > 0 {
+            // Plan again once the views show what was written (never on a stale view).
+            m.tasks.wait_for(wrote).await;
+            continue;
+        }
+        let [a, b, c, d] = &mut watches;
+        tokio::select! {
+            _ = a.changed() => {}
+            _ = b.changed() => {}
+            _ = c.changed() => {}
+            _ = d.changed() => {}
+            () = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+    }
 }
 
 #[cfg(test)]
@@ -256,6 +447,7 @@ mod tests {
             condition: RestartCondition::Any,
             delay: Duration::from_secs(1),
             max_attempts: 0,
+            restart_versions: BTreeMap::new(),
         }
     }
 
@@ -284,6 +476,10 @@ mod tests {
             created_at: format!("2026-01-01T00:00:{:02}Z", id.len()),
             updated_at: "2026-01-01T00:00:00Z".into(),
             name: id.into(),
+            spec: Default::default(),
+            versions: BTreeMap::new(),
+            stop_grace_ns: None,
+            pid: None,
         }
     }
 

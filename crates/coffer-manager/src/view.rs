@@ -194,6 +194,11 @@ where
         *self.revision.borrow()
     }
 
+    /// A receiver that changes whenever the view applies a batch.
+    pub fn subscribe(&self) -> watch::Receiver<i64> {
+        self.revision.subscribe()
+    }
+
     /// Waits until the view has applied `rev` (a write's own revision).
     pub async fn wait_for(&self, rev: i64) {
         let mut rx = self.revision.subscribe();

@@ -2,6 +2,8 @@
 
 pub(crate) mod audit;
 pub(crate) mod keys;
+pub(crate) mod run;
 pub(crate) mod secret;
 pub(crate) mod server;
+pub(crate) mod service;
 pub(crate) mod task_exec;

@@ -146,7 +146,7 @@ fn body_with_data(
     out
 }
 
-fn parse_label(l: &str) -> Result<(String, String)> {
+pub(crate) fn parse_label(l: &str) -> Result<(String, String)> {
     let (k, v) = l.split_once('=').unwrap_or((l, ""));
     if k.is_empty() {
         bail!("label {l:?} has an empty key; write key=value");
@@ -167,7 +167,7 @@ fn filters_json(filters: &[String]) -> Result<String> {
     Ok(serde_json::to_string(&m)?)
 }
 
-fn enc(s: &str) -> String {
+pub(crate) fn enc(s: &str) -> String {
     form_encode(s)
 }
 

@@ -1,6 +1,7 @@
 //! `coffer server` and `coffer dev`.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -28,6 +29,13 @@ pub(crate) struct ServerArgs {
     /// Value versions kept per secret; older ones are deleted on rotation.
     #[arg(long, default_value_t = coffer_core::limits::DEFAULT_KEEP_VERSIONS, value_parser = clap::value_parser!(u32).range(1..=1000))]
     keep_versions: u32,
+    /// Where the local agent mounts each task's memory-only secrets directory (default
+    /// /run/coffer/tasks for root, else under $XDG_RUNTIME_DIR). Give each manager its own.
+    #[arg(long, env = "COFFER_AGENT_DIR")]
+    agent_dir: Option<PathBuf>,
+    /// Run no local agent: this manager runs no tasks itself.
+    #[arg(long)]
+    no_agent: bool,
 }
 
 pub(crate) async fn run(args: ServerArgs, dev: bool) -> Result<ExitCode> {
@@ -73,14 +81,52 @@ pub(crate) async fn run(args: ServerArgs, dev: bool) -> Result<ExitCode> {
         );
     }
     let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    // The node listener (agents) and the scheduler.
+    let node_socket = data_dir.join("node.sock");
+    let node_listener = coffer_manager::api::bind(&node_socket).await?;
+    let node_server = tokio::spawn(coffer_manager::api::node::serve(
+        Arc::clone(&m),
+        node_listener,
+        stopped(stop_rx.clone()),
+    ));
+    tokio::spawn(coffer_manager::scheduler::run(Arc::clone(&m)));
+    let (agent_stop_tx, agent_stop_rx) = tokio::sync::watch::channel(false);
+    let agent = if args.no_agent {
+        None
+    } else {
+        let cfg = coffer_agent::agent::AgentConfig {
+            node_socket: node_socket.clone(),
+            token: coffer_manager::api::node::node_token(&m),
+            hostname: std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| "localhost".into()),
+            base_dir: args.agent_dir.unwrap_or_else(paths::default_agent_dir),
+            state_file: data_dir.join("agent-tasks.json"),
+            helper: std::env::current_exe().context("cannot find the coffer binary for the exec driver")?,
+            mounter: Arc::new(coffer_agent::LinuxMounter),
+        };
+        Some(tokio::spawn(coffer_agent::agent::run(cfg, stopped(agent_stop_rx))))
+    };
     let shutdown = async move {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
         tracing::info!("stopping");
+        // Tasks stop first (their reports still reach the manager), then the listeners.
+        let _ = agent_stop_tx.send(true);
+        if let Some(a) = agent {
+            let _ = a.await;
+        }
+        let _ = stop_tx.send(true);
     };
-    coffer_manager::api::serve(std::sync::Arc::clone(&m), listener, shutdown).await;
+    coffer_manager::api::serve(Arc::clone(&m), listener, shutdown).await;
+    let _ = node_server.await;
+    let _ = std::fs::remove_file(&node_socket);
     m.flush_audit().await;
     let _ = std::fs::remove_file(&socket);
     tracing::info!("stopped");

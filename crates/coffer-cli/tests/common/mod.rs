@@ -32,6 +32,11 @@ impl Server {
         self.dir.path().join("coffer.sock")
     }
 
+    /// Where the in-process agent mounts task secrets.
+    pub fn agent_dir(&self) -> PathBuf {
+        self.dir.path().join("agent")
+    }
+
     /// The server's combined stdout and stderr so far (all runs).
     pub fn log(&self) -> String {
         let mut s = String::new();
@@ -79,6 +84,8 @@ impl Server {
             .arg(self.data_dir())
             .arg("--socket")
             .arg(self.socket())
+            .arg("--agent-dir")
+            .arg(self.agent_dir())
             .args(&self.extra)
             .args(more)
             .env("COFFER_LOG", &self.log_level)
@@ -173,7 +180,20 @@ impl Server {
 }
 
 impl Drop for Server {
+    /// SIGTERM first, so the agent stops its tasks and removes their mounts; SIGKILL if
+    /// it does not end within 20 s.
     fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    self.child = None;
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         self.kill9();
     }
 }

@@ -4,6 +4,7 @@
 //! connect is an admin (as with docker.sock). Each connection's peer credentials
 //! (`SO_PEERCRED`) name the actor in the audit trail.
 
+pub mod node;
 mod routes;
 
 use std::convert::Infallible;
@@ -15,7 +16,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::{UnixListener, UnixStream};
@@ -123,8 +125,40 @@ pub async fn serve(
     }
 }
 
-pub(crate) fn json_response(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(body));
+/// A response: a whole body, or a stream (logs, assignments).
+pub(crate) type Resp = Response<BoxBody<Bytes, Infallible>>;
+
+/// A response body fed by a channel: each message is sent as it comes; the body ends when
+/// the sender is dropped.
+#[derive(Debug)]
+pub(crate) struct ChannelBody(pub(crate) tokio::sync::mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|m| m.map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+}
+
+/// A streaming response with `content_type`.
+pub(crate) fn stream_response(content_type: &'static str, body: ChannelBody) -> Resp {
+    let mut r = Response::new(body.boxed());
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut()
+        .insert("Api-Version", HeaderValue::from_static(API_VERSION));
+    r
+}
+
+pub(crate) fn json_response(status: StatusCode, body: Bytes) -> Resp {
+    let mut r = Response::new(Full::new(body).boxed());
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -135,14 +169,14 @@ pub(crate) fn json_response(status: StatusCode, body: Bytes) -> Response<Full<By
     r
 }
 
-pub(crate) fn json<T: serde::Serialize>(status: StatusCode, v: &T) -> Response<Full<Bytes>> {
+pub(crate) fn json<T: serde::Serialize>(status: StatusCode, v: &T) -> Resp {
     json_response(
         status,
         Bytes::from(serde_json::to_vec(v).unwrap_or_default()),
     )
 }
 
-pub(crate) fn error(e: &ControlError) -> Response<Full<Bytes>> {
+pub(crate) fn error(e: &ControlError) -> Resp {
     let status = e.status();
     if status.is_server_error() {
         tracing::error!(error = %e, "request failed");
@@ -154,5 +188,63 @@ pub(crate) fn error(e: &ControlError) -> Response<Full<Bytes>> {
         &coffer_core::api::ErrorResponse {
             message: e.to_string(),
         },
+    )
+}
+
+/// How `GET /services/{id}/logs` was asked.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LogOptions {
+    pub(crate) follow: bool,
+    pub(crate) details: bool,
+    pub(crate) timestamps: bool,
+    pub(crate) stdout: bool,
+    pub(crate) stderr: bool,
+    pub(crate) tail: Option<usize>,
+}
+
+/// A service's kept (masked) output in Docker's multiplexed format, then, with `follow`,
+/// new lines as they come until the client goes away.
+pub(crate) fn logs_response(m: &Manager, service_id: &str, o: LogOptions) -> Resp {
+    let (kept, mut rx) = m.logs.read(service_id);
+    let wanted = move |e: &crate::logs::LogEntry| {
+        e.service_id == service_id && ((e.stream == 1 && o.stdout) || (e.stream == 2 && o.stderr))
+    };
+    let service_id = service_id.to_owned();
+    let mut lines: Vec<_> = kept.into_iter().filter(|e| wanted(e)).collect();
+    if let Some(t) = o.tail {
+        let skip = lines.len().saturating_sub(t);
+        lines.drain(..skip);
+    }
+    let (tx, body) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        for e in lines {
+            if tx.send(e.docker_frame(o.details, o.timestamps)).await.is_err() {
+                return;
+            }
+        }
+        if !o.follow {
+            return;
+        }
+        loop {
+            tokio::select! {
+                r = rx.recv() => match r {
+                    Ok(e) if e.service_id == service_id && ((e.stream == 1 && o.stdout) || (e.stream == 2 && o.stderr)) => {
+                        if tx.send(e.docker_frame(o.details, o.timestamps)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(lost = n, "a log follower fell behind");
+                    }
+                    Err(_) => return,
+                },
+                () = tx.closed() => return,
+            }
+        }
+    });
+    stream_response(
+        "application/vnd.docker.multiplexed-stream",
+        ChannelBody(body),
     )
 }

@@ -11,15 +11,14 @@ use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::{error, json, json_response, API_VERSION, MIN_API_VERSION};
+use super::{error, json, json_response, Resp, API_VERSION, MIN_API_VERSION};
 use crate::audit::Actor;
 use crate::control::{ListFilters, Manager};
 use crate::error::ControlError;
 
-type Resp = Response<Full<Bytes>>;
 
 /// Strips a `/v1.NN` prefix.
-fn strip_version(path: &str) -> &str {
+pub(crate) fn strip_version(path: &str) -> &str {
     if let Some(rest) = path.strip_prefix("/v") {
         if let Some(idx) = rest.find('/') {
             let ver = &rest[..idx];
@@ -31,13 +30,13 @@ fn strip_version(path: &str) -> &str {
     path
 }
 
-fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+pub(crate) fn query_param(query: Option<&str>, name: &str) -> Option<String> {
     form_urlencoded::parse(query.unwrap_or("").as_bytes())
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.into_owned())
 }
 
-async fn read_body(req: Request<Incoming>) -> Result<Zeroizing<Vec<u8>>, ControlError> {
+pub(crate) async fn read_body(req: Request<Incoming>) -> Result<Zeroizing<Vec<u8>>, ControlError> {
     let too_large = ControlError::TooLarge {
         limit: MAX_BODY_SIZE,
     };
@@ -66,11 +65,14 @@ async fn read_body(req: Request<Incoming>) -> Result<Zeroizing<Vec<u8>>, Control
 }
 
 fn ping(head: bool) -> Resp {
-    let mut r = Response::new(Full::new(if head {
-        Bytes::new()
-    } else {
-        Bytes::from_static(b"OK")
-    }));
+    let mut r = Response::new(
+        Full::new(if head {
+            Bytes::new()
+        } else {
+            Bytes::from_static(b"OK")
+        })
+        .boxed(),
+    );
     let h = r.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
@@ -245,6 +247,25 @@ pub(crate) async fn handle(m: &Manager, actor: &Actor, req: Request<Incoming>) -
                 m.remove_service(actor, id).await?;
                 json_response(StatusCode::OK, Bytes::new())
             }
+            (&Method::GET, ["services", id, "logs"]) => {
+                let entry = m.services.lookup(id)?;
+                let flag = |k: &str| query_param(q, k).is_some_and(|v| v == "1" || v == "true");
+                let tail = query_param(q, "tail").and_then(|t| t.parse::<usize>().ok());
+                let (stdout, stderr) = (flag("stdout"), flag("stderr"));
+                let (stdout, stderr) = if stdout || stderr { (stdout, stderr) } else { (true, true) };
+                super::logs_response(
+                    m,
+                    &entry.record.id,
+                    super::LogOptions { follow: flag("follow"), details: flag("details"), timestamps: flag("timestamps"), stdout, stderr, tail },
+                )
+            }
+            (&Method::GET, ["tasks"]) => {
+                let filters = query_param(q, "filters");
+                json_response(StatusCode::OK, m.list_tasks(filters.as_deref())?)
+            }
+            (&Method::GET, ["tasks", id]) => json(StatusCode::OK, &m.inspect_task(id)?),
+            (&Method::GET, ["nodes"]) => json_response(StatusCode::OK, m.list_nodes()),
+            (&Method::GET, ["nodes", id]) => json(StatusCode::OK, &m.inspect_node(id)?),
             (&Method::POST, ["coffer", "secrets", id, "rotate"]) => {
                 let id = (*id).to_owned();
                 let body = read_body(req).await?;

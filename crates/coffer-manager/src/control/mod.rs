@@ -6,6 +6,7 @@
 mod keys;
 mod secrets;
 mod services;
+mod tasks;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,6 +22,8 @@ use crate::view::View;
 
 pub(crate) use secrets::parse_json;
 pub use secrets::{open_version, ListFilters};
+pub use tasks::ValueCache;
+pub(crate) use services::replicas;
 
 /// Where the manager keeps its state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,6 +98,12 @@ pub struct Manager {
     pub(crate) keys: Keys,
     pub(crate) view: Arc<View<coffer_core::record::SecretRecord>>,
     pub(crate) services: Arc<View<coffer_core::record::ServiceRecord>>,
+    pub(crate) tasks: Arc<View<coffer_core::record::TaskRecord>>,
+    pub(crate) nodes: Arc<View<coffer_core::record::NodeRecord>>,
+    /// Task output sent by the nodes, masked.
+    pub logs: crate::logs::Logs,
+    /// Credential of the node listener (this boot only).
+    pub(crate) node_token: zeroize::Zeroizing<String>,
     pub(crate) audit: Arc<Audit>,
     /// Creates and rotations hold it shared; a KEK rotation holds it exclusively, so no
     /// data key is wrapped by a KEK that is about to be retired.
@@ -234,7 +243,14 @@ impl Manager {
             "service",
         )
         .await?;
+        let tasks = View::start(Arc::clone(&store), coffer_core::record::TASKS_PREFIX, "task").await?;
+        let nodes = View::start(Arc::clone(&store), coffer_core::record::NODES_PREFIX, "node").await?;
         let audit = Audit::start(Arc::clone(&store));
+        let node_token = zeroize::Zeroizing::new(format!(
+            "{:032x}{:032x}",
+            coffer_crypto::digest::random_u128().map_err(ControlError::from)?,
+            coffer_crypto::digest::random_u128().map_err(ControlError::from)?
+        ));
         let cluster_id = cluster_id(&*store).await?;
         let locked = opened.keys.is_locked().await;
         let manager = Arc::new(Self {
@@ -242,6 +258,10 @@ impl Manager {
             keys: opened.keys,
             view,
             services,
+            tasks,
+            nodes,
+            logs: crate::logs::Logs::default(),
+            node_token,
             audit,
             key_rotation: tokio::sync::RwLock::new(()),
             keep_versions: config.keep_versions.max(1),

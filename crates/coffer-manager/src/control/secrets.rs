@@ -113,6 +113,42 @@ fn decode_value(data: &Base64Value) -> Result<SecretBytes, ControlError> {
     Ok(SecretBytes::from_zeroizing(raw))
 }
 
+/// Parses Docker's `filters` JSON into key -> values, refusing keys not in `allowed`.
+pub(crate) fn parse_filter_map(
+    json: &str,
+    what: &str,
+    allowed: &[&str],
+) -> Result<std::collections::BTreeMap<String, Vec<String>>, ControlError> {
+    let v: serde_json::Value = serde_json::from_str(json)
+        .map_err(|e| ControlError::Invalid(format!("filters is not valid JSON: {e}")))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| ControlError::Invalid("filters must be a JSON object".into()))?;
+    let mut out = std::collections::BTreeMap::new();
+    for (k, vals) in obj {
+        let list: Vec<String> = match vals {
+            serde_json::Value::Object(m) => m.keys().cloned().collect(),
+            serde_json::Value::Array(a) => a
+                .iter()
+                .filter_map(|x| x.as_str().map(str::to_owned))
+                .collect(),
+            _ => {
+                return Err(ControlError::Invalid(format!(
+                    "filter {k:?} has a value of the wrong type"
+                )))
+            }
+        };
+        if !allowed.contains(&k.as_str()) {
+            return Err(ControlError::Invalid(format!(
+                "invalid filter {k:?}; {what} can be filtered by {}",
+                allowed.join(", ")
+            )));
+        }
+        out.insert(k.clone(), list);
+    }
+    Ok(out)
+}
+
 /// Filters of `GET /secrets`, as Docker takes them.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ListFilters {
@@ -129,35 +165,13 @@ pub struct ListFilters {
 impl ListFilters {
     /// Parses Docker's `filters` JSON: `{"name":{"x":true}}` or the older `{"name":["x"]}`.
     pub fn parse(json: &str) -> Result<Self, ControlError> {
-        let v: serde_json::Value = serde_json::from_str(json)
-            .map_err(|e| ControlError::Invalid(format!("filters is not valid JSON: {e}")))?;
-        let obj = v
-            .as_object()
-            .ok_or_else(|| ControlError::Invalid("filters must be a JSON object".into()))?;
         let mut f = Self::default();
-        for (k, vals) in obj {
-            let list: Vec<String> = match vals {
-                serde_json::Value::Object(m) => m.keys().cloned().collect(),
-                serde_json::Value::Array(a) => a
-                    .iter()
-                    .filter_map(|x| x.as_str().map(str::to_owned))
-                    .collect(),
-                _ => {
-                    return Err(ControlError::Invalid(format!(
-                        "filter {k:?} has a value of the wrong type"
-                    )))
-                }
-            };
+        for (k, list) in parse_filter_map(json, "secrets", &["id", "name", "names", "label"])? {
             match k.as_str() {
                 "id" => f.id.extend(list),
                 "name" => f.name.extend(list),
                 "names" => f.names.extend(list),
-                "label" => f.label.extend(list),
-                other => {
-                    return Err(ControlError::Invalid(format!(
-                        "invalid filter {other:?}; secrets can be filtered by id, name and label"
-                    )))
-                }
+                _ => f.label.extend(list),
             }
         }
         Ok(f)
@@ -215,6 +229,7 @@ pub(crate) fn to_api(e: &SecretEntry) -> Secret {
                 digest: v.digest.clone(),
             })
             .collect(),
+        holders: Vec::new(),
     }
 }
 
@@ -368,7 +383,9 @@ impl Manager {
     pub async fn inspect_secret(&self, key: &str) -> Result<Secret, ControlError> {
         self.keys.material().await?;
         let entry = self.view.lookup(key)?;
-        Ok(to_api(&entry))
+        let mut s = to_api(&entry);
+        s.holders = self.holders(&entry.record.id);
+        Ok(s)
     }
 
     /// `POST /secrets/{id}/update?version=N`: labels only, as Docker.
@@ -451,6 +468,14 @@ impl Manager {
                         secret: r.name.clone(),
                         plural: if users.len() > 1 { "s" } else { "" },
                         services: users.join(", "),
+                    });
+                }
+                let holders = self.running_tasks_holding(&r.id);
+                if !holders.is_empty() {
+                    return Err(ControlError::HeldByTasks {
+                        secret: r.name.clone(),
+                        plural: if holders.len() > 1 { "s" } else { "" },
+                        tasks: holders.join(", "),
                     });
                 }
                 let mut success = vec![

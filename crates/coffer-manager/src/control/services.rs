@@ -31,7 +31,7 @@ fn now() -> String {
 }
 
 /// The API shape of a stored service.
-fn to_api(e: &ServiceEntry, status: bool) -> Service {
+fn to_api(e: &ServiceEntry, running: Option<u64>) -> Service {
     let r = &e.record;
     let desired = replicas(&r.spec);
     Service {
@@ -42,9 +42,8 @@ fn to_api(e: &ServiceEntry, status: bool) -> Service {
         created_at: r.created_at.clone(),
         updated_at: r.updated_at.clone(),
         spec: r.spec.clone(),
-        // Tasks are not scheduled yet (issue 3): none run.
-        service_status: status.then_some(ServiceStatus {
-            running_tasks: 0,
+        service_status: running.map(|running_tasks| ServiceStatus {
+            running_tasks,
             desired_tasks: desired,
         }),
     }
@@ -194,6 +193,7 @@ impl Manager {
         filters: &ListFilters,
         status: bool,
     ) -> Result<Bytes, ControlError> {
+        let counts = status.then(|| self.running_counts());
         let list: Vec<Service> = self
             .services
             .all()
@@ -201,7 +201,12 @@ impl Manager {
             .filter(|e| {
                 filters.matches_named(&e.record.id, &e.record.spec.name, &e.record.spec.labels)
             })
-            .map(|e| to_api(e, status))
+            .map(|e| {
+                let running = counts
+                    .as_ref()
+                    .map(|c| c.get(&e.record.id).copied().unwrap_or(0));
+                to_api(e, running)
+            })
             .collect();
         Ok(Bytes::from(serde_json::to_vec(&list).unwrap_or_default()))
     }
@@ -209,7 +214,7 @@ impl Manager {
     /// `GET /services/{id}`.
     pub async fn inspect_service(&self, key: &str) -> Result<Service, ControlError> {
         let entry = self.services.lookup(key)?;
-        Ok(to_api(&entry, false))
+        Ok(to_api(&entry, None))
     }
 
     /// `POST /services/{id}/update?version=N`: replaces the spec.
@@ -235,6 +240,8 @@ impl Manager {
             if spec.name != entry.record.spec.name {
                 return Err(ControlError::Invalid("renaming services is not supported; create a new service".into()));
             }
+            let mut spec = spec;
+            carry_extensions(&entry.record.spec, &mut spec);
             let (spec, secrets) = self.check_service_spec(spec)?;
             let mut record = entry.record.clone();
             record.spec = spec;
@@ -284,6 +291,7 @@ impl Manager {
                     ));
                 }
                 self.services.wait_for(res.revision).await;
+                self.logs.forget(&entry.record.id);
                 Ok(())
             },
         )
@@ -303,5 +311,24 @@ impl Manager {
             .collect();
         names.sort();
         names
+    }
+}
+
+/// The docker client drops fields it does not know when it updates a service, coffer's
+/// grant extensions among them: a grant that comes back without them, for the same secret
+/// and target as before, keeps the ones it had (an env grant comes back with no `File`).
+fn carry_extensions(old: &ServiceSpec, new: &mut ServiceSpec) {
+    let old_refs = old.task_template.container_spec.secrets.as_deref().unwrap_or(&[]);
+    for r in new.task_template.container_spec.secrets.iter_mut().flatten() {
+        if r.coffer.is_some() {
+            continue;
+        }
+        let same = old_refs.iter().find(|o| {
+            (o.secret_name == r.secret_name || (!r.secret_id.is_empty() && o.secret_id == r.secret_id))
+                && o.file.as_ref().map(|f| &f.name) == r.file.as_ref().map(|f| &f.name)
+        });
+        if let Some(o) = same {
+            r.coffer.clone_from(&o.coffer);
+        }
     }
 }

@@ -1,0 +1,130 @@
+//! Masking task output: every granted value (each version the task was given, with and
+//! without its trailing newline, and each line of a multi-line value) becomes `****`
+//! before a line leaves the agent.
+
+use zeroize::Zeroizing;
+
+/// What replaces a value.
+pub const MASK: &str = "****";
+
+/// Lines longer than this are cut (and masked) in pieces.
+pub const MAX_LINE: usize = 64 * 1024;
+
+/// The values to hide from one task's output.
+#[derive(Debug, Default)]
+pub struct Masker {
+    /// Longest first, so a value containing another is hidden whole.
+    needles: Vec<Zeroizing<Vec<u8>>>,
+}
+
+impl Masker {
+    /// Adds a value (and its variants).
+    pub fn add(&mut self, value: &[u8]) {
+        let mut add = |n: &[u8]| {
+            if !n.is_empty() && !self.needles.iter().any(|x| x.as_slice() == n) {
+                self.needles.push(Zeroizing::new(n.to_vec()));
+            }
+        };
+        add(value);
+        let trimmed = value
+            .strip_suffix(b"\n")
+            .map(|v| v.strip_suffix(b"\r").unwrap_or(v))
+            .unwrap_or(value);
+        add(trimmed);
+        if trimmed.contains(&b'\n') {
+            for line in trimmed.split(|b| *b == b'\n') {
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                add(line);
+            }
+        }
+        self.needles.sort_by_key(|n| std::cmp::Reverse(n.len()));
+    }
+
+    /// One line with every value replaced.
+    pub fn mask(&self, line: &[u8]) -> String {
+        let mut out: Zeroizing<Vec<u8>> = Zeroizing::new(Vec::with_capacity(line.len()));
+        let mut i = 0;
+        'outer: while i < line.len() {
+            for n in &self.needles {
+                if line[i..].starts_with(n) {
+                    out.extend_from_slice(MASK.as_bytes());
+                    i += n.len();
+                    continue 'outer;
+                }
+            }
+            out.push(line[i]);
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+/// Splits a byte stream into lines.
+#[derive(Debug, Default)]
+pub struct LineBuffer {
+    buf: Zeroizing<Vec<u8>>,
+}
+
+impl LineBuffer {
+    /// Appends `data`; returns the complete lines (without newlines).
+    pub fn push(&mut self, data: &[u8]) -> Vec<Zeroizing<Vec<u8>>> {
+        self.buf.extend_from_slice(data);
+        let mut lines = Vec::new();
+        while let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
+            let mut line = Zeroizing::new(self.buf[..pos].to_vec());
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            self.buf.drain(..=pos);
+            lines.push(line);
+        }
+        if self.buf.len() > MAX_LINE {
+            lines.push(Zeroizing::new(std::mem::take(&mut *self.buf)));
+        }
+        lines
+    }
+
+    /// What is left at the end of the stream.
+    pub fn finish(&mut self) -> Option<Zeroizing<Vec<u8>>> {
+        (!self.buf.is_empty()).then(|| Zeroizing::new(std::mem::take(&mut *self.buf)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_values_and_variants() {
+        let mut m = Masker::default();
+        m.add(b"hunter2\n");
+        m.add(b"-----BEGIN KEY-----\nAAAA\n-----END KEY-----\n");
+        assert_eq!(m.mask(b"pw=hunter2 ok"), "pw=**** ok");
+        assert_eq!(m.mask(b"hunter2hunter2"), "********");
+        assert_eq!(m.mask(b"AAAA"), "****");
+        assert_eq!(m.mask(b"nothing here"), "nothing here");
+        let mut e = Masker::default();
+        e.add(b"");
+        assert_eq!(e.mask(b"abc"), "abc");
+    }
+
+    #[test]
+    fn longest_value_first() {
+        let mut m = Masker::default();
+        m.add(b"abc");
+        m.add(b"abcdef");
+        assert_eq!(m.mask(b"xabcdefx"), "x****x");
+    }
+
+    #[test]
+    fn lines() {
+        let mut b = LineBuffer::default();
+        assert!(b.push(b"par").is_empty());
+        let l = b.push(b"tial\r\nnext\nrest");
+        assert_eq!(l.len(), 2);
+        assert_eq!(l[0].as_slice(), b"partial");
+        assert_eq!(l[1].as_slice(), b"next");
+        assert_eq!(b.finish().unwrap().as_slice(), b"rest");
+        assert!(b.finish().is_none());
+    }
+}
