@@ -116,18 +116,27 @@ fn now() -> String {
 
 impl Shared {
     fn client(&self) -> Option<Client> {
-        self.client.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.client
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     fn node_id(&self) -> String {
-        self.node_id.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.node_id
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     fn save_procs(&self) {
-        let procs = self.procs.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        let tmp = self.cfg.state_file.with_extension("tmp");
+        let procs = self
+            .procs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         let data = serde_json::to_vec(&procs).unwrap_or_default();
-        if let Err(e) = std::fs::write(&tmp, data).and_then(|()| std::fs::rename(&tmp, &self.cfg.state_file)) {
+        if let Err(e) = coffer_crypto::keyring::write_private(&self.cfg.state_file, &data) {
             tracing::warn!(error = %e, "could not save the agent state file");
         }
     }
@@ -138,13 +147,21 @@ impl Shared {
         let req = Request::builder()
             .method(method)
             .uri(format!("http://coffer{path}"))
-            .header(header::AUTHORIZATION, format!("Bearer {}", self.cfg.token.as_str()))
+            .header(
+                header::AUTHORIZATION,
+                format!("Bearer {}", self.cfg.token.as_str()),
+            )
             .header(header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| e.to_string())?;
         let resp = client.send_request(req).await.map_err(|e| e.to_string())?;
         let status = resp.status();
-        let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
         if !status.is_success() {
             return Err(format!("{status}: {}", String::from_utf8_lossy(&body)));
         }
@@ -181,26 +198,45 @@ fn recover(cfg: &AgentConfig) {
     if let Ok(data) = std::fs::read(&cfg.state_file) {
         let procs: BTreeMap<String, ProcEntry> = serde_json::from_slice(&data).unwrap_or_default();
         for (task, p) in procs {
-            let ns = std::fs::read_link(format!("/proc/{}/ns/mnt", p.pid)).ok().map(|l| l.display().to_string());
+            let ns = std::fs::read_link(format!("/proc/{}/ns/mnt", p.pid))
+                .ok()
+                .map(|l| l.display().to_string());
             if p.mnt_ns.is_some() && ns == p.mnt_ns {
-                tracing::info!(task, pid = p.pid, "stopping a task left by the previous agent");
-                let tp = TaskProcess { pid: p.pid, mnt_ns: p.mnt_ns };
+                tracing::info!(
+                    task,
+                    pid = p.pid,
+                    "stopping a task left by the previous agent"
+                );
+                let tp = TaskProcess {
+                    pid: p.pid,
+                    mnt_ns: p.mnt_ns,
+                };
                 let pid = p.pid;
-                tp.stop(Duration::from_secs(2), || !std::path::Path::new(&format!("/proc/{pid}")).exists());
+                tp.stop(Duration::from_secs(2), || {
+                    !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                });
             }
         }
         let _ = std::fs::remove_file(&cfg.state_file);
     }
     match TaskSecrets::sweep(&*cfg.mounter, &cfg.base_dir, &[]) {
-        Ok(swept) if !swept.is_empty() => tracing::info!(count = swept.len(), "removed secret mounts of tasks that no longer run"),
+        Ok(swept) if !swept.is_empty() => tracing::info!(
+            count = swept.len(),
+            "removed secret mounts of tasks that no longer run"
+        ),
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "could not sweep secret mounts"),
     }
 }
 
 async fn connect(cfg: &AgentConfig) -> Result<Client, String> {
-    let stream = tokio::net::UnixStream::connect(&cfg.node_socket).await.map_err(|e| format!("cannot connect to {}: {e}", cfg.node_socket.display()))?;
-    let (client, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
+    let stream = tokio::net::UnixStream::connect(&cfg.node_socket)
+        .await
+        .map_err(|e| format!("cannot connect to {}: {e}", cfg.node_socket.display()))?;
+    let (client, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "node connection ended");
@@ -210,10 +246,15 @@ async fn connect(cfg: &AgentConfig) -> Result<Client, String> {
 }
 
 /// Runs the agent until `shutdown` resolves; then stops every task it runs.
-pub async fn run(cfg: AgentConfig, shutdown: impl std::future::Future<Output = ()>) -> Result<(), AgentError> {
+pub async fn run(
+    cfg: AgentConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), AgentError> {
     {
         let cfg = cfg.clone();
-        tokio::task::spawn_blocking(move || recover(&cfg)).await.map_err(|e| AgentError::Manager(e.to_string()))?;
+        tokio::task::spawn_blocking(move || recover(&cfg))
+            .await
+            .map_err(|e| AgentError::Manager(e.to_string()))?;
     }
     let shared = Arc::new(Shared {
         cfg,
@@ -232,16 +273,30 @@ pub async fn run(cfg: AgentConfig, shutdown: impl std::future::Future<Output = (
             let attempt = async {
                 let client = connect(&shared.cfg).await?;
                 *shared.client.lock().unwrap_or_else(PoisonError::into_inner) = Some(client);
-                let body = serde_json::to_vec(&RegisterRequest { hostname: shared.cfg.hostname.clone() }).unwrap_or_default();
-                let r = shared.request(Method::POST, "/coffer/node/register", body).await?;
+                let body = serde_json::to_vec(&RegisterRequest {
+                    hostname: shared.cfg.hostname.clone(),
+                })
+                .unwrap_or_default();
+                let r = shared
+                    .request(Method::POST, "/coffer/node/register", body)
+                    .await?;
                 let r: RegisterResponse = serde_json::from_slice(&r).map_err(|e| e.to_string())?;
-                *shared.node_id.lock().unwrap_or_else(PoisonError::into_inner) = r.node_id.clone();
+                *shared
+                    .node_id
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = r.node_id.clone();
                 let mut client = shared.client().ok_or("not connected")?;
                 client.ready().await.map_err(|e| e.to_string())?;
                 let req = Request::builder()
                     .method(Method::GET)
-                    .uri(format!("http://coffer/coffer/node/{}/assignments", r.node_id))
-                    .header(header::AUTHORIZATION, format!("Bearer {}", shared.cfg.token.as_str()))
+                    .uri(format!(
+                        "http://coffer/coffer/node/{}/assignments",
+                        r.node_id
+                    ))
+                    .header(
+                        header::AUTHORIZATION,
+                        format!("Bearer {}", shared.cfg.token.as_str()),
+                    )
                     .body(Full::new(Bytes::new()))
                     .map_err(|e| e.to_string())?;
                 let resp = client.send_request(req).await.map_err(|e| e.to_string())?;
@@ -290,14 +345,21 @@ pub async fn run(cfg: AgentConfig, shutdown: impl std::future::Future<Output = (
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     while !tasks.is_empty() && tokio::time::Instant::now() < deadline {
-        if let Ok(Some(done)) = tokio::time::timeout(Duration::from_millis(100), finished_rx.recv()).await {
+        if let Ok(Some(done)) =
+            tokio::time::timeout(Duration::from_millis(100), finished_rx.recv()).await
+        {
             tasks.remove(&done);
         }
     }
     Ok(())
 }
 
-async fn reconcile(shared: &Arc<Shared>, tasks: &mut HashMap<String, Handle>, finished: &mpsc::UnboundedSender<String>, a: Assignments) {
+async fn reconcile(
+    shared: &Arc<Shared>,
+    tasks: &mut HashMap<String, Handle>,
+    finished: &mpsc::UnboundedSender<String>,
+    a: Assignments,
+) {
     let listed: std::collections::HashSet<&str> = a.tasks.iter().map(|t| t.id.as_str()).collect();
     for (id, h) in tasks.iter_mut() {
         if !listed.contains(id.as_str()) && !h.stopping {
@@ -314,7 +376,11 @@ async fn reconcile(shared: &Arc<Shared>, tasks: &mut HashMap<String, Handle>, fi
                     let _ = h.ctl.send(Control::Stop);
                 }
             } else {
-                let versions: BTreeMap<String, u32> = t.secrets.iter().map(|s| (s.secret_id.clone(), s.version)).collect();
+                let versions: BTreeMap<String, u32> = t
+                    .secrets
+                    .iter()
+                    .map(|s| (s.secret_id.clone(), s.version))
+                    .collect();
                 if versions != h.versions {
                     h.versions = versions;
                     let _ = h.ctl.send(Control::Secrets(t.secrets));
@@ -326,7 +392,9 @@ async fn reconcile(shared: &Arc<Shared>, tasks: &mut HashMap<String, Handle>, fi
         if !running {
             let s = shared.clone();
             let id = t.id.clone();
-            tokio::spawn(async move { s.report(&id, status(TaskState::Shutdown, "stopped")).await });
+            tokio::spawn(
+                async move { s.report(&id, status(TaskState::Shutdown, "stopped")).await },
+            );
             continue;
         }
         if started_before {
@@ -340,8 +408,19 @@ async fn reconcile(shared: &Arc<Shared>, tasks: &mut HashMap<String, Handle>, fi
             continue;
         }
         let (tx, rx) = mpsc::unbounded_channel();
-        let versions = t.secrets.iter().map(|s| (s.secret_id.clone(), s.version)).collect();
-        tasks.insert(t.id.clone(), Handle { ctl: tx, versions, stopping: false });
+        let versions = t
+            .secrets
+            .iter()
+            .map(|s| (s.secret_id.clone(), s.version))
+            .collect();
+        tasks.insert(
+            t.id.clone(),
+            Handle {
+                ctl: tx,
+                versions,
+                stopping: false,
+            },
+        );
         let s = shared.clone();
         let fin = finished.clone();
         tokio::spawn(async move {
@@ -360,15 +439,26 @@ struct Decoded {
 }
 
 fn decode(secrets: &[AssignedSecret], masker: &mut Masker) -> Result<Decoded, String> {
-    let mut d = Decoded { files: Vec::new(), env: Vec::new(), grants: Vec::new() };
+    let mut d = Decoded {
+        files: Vec::new(),
+        env: Vec::new(),
+        grants: Vec::new(),
+    };
     for s in secrets {
         let grant = Grant::parse(&s.grant, OnRotate::Live).map_err(|e| e.to_string())?;
         let value = SecretBytes::from_zeroizing(Zeroizing::new(
-            STANDARD.decode(s.value.0.as_bytes()).map_err(|_| format!("secret {} arrived damaged", s.secret_name))?,
+            STANDARD
+                .decode(s.value.0.as_bytes())
+                .map_err(|_| format!("secret {} arrived damaged", s.secret_name))?,
         ));
         masker.add(value.expose());
         match &grant.delivery {
-            Delivery::File { target, uid, gid, mode } => d.files.push(SecretFile {
+            Delivery::File {
+                target,
+                uid,
+                gid,
+                mode,
+            } => d.files.push(SecretFile {
                 target: TargetName::new(target).map_err(|e| e.to_string())?,
                 uid: *uid,
                 gid: *gid,
@@ -379,7 +469,8 @@ fn decode(secrets: &[AssignedSecret], masker: &mut Masker) -> Result<Decoded, St
                 if value.expose().contains(&0) {
                     return Err(format!("secret {} contains a NUL byte and cannot be an environment variable; grant it as a file", s.secret_name));
                 }
-                d.env.push((var.clone(), Zeroizing::new(value.expose().to_vec())));
+                d.env
+                    .push((var.clone(), Zeroizing::new(value.expose().to_vec())));
             }
         }
         d.grants.push((grant, s.version, s.secret_id.clone()));
@@ -404,7 +495,9 @@ fn signal_of(s: RotateSignal) -> Signal {
 async fn supervise(shared: &Arc<Shared>, t: Assignment, mut ctl: mpsc::UnboundedReceiver<Control>) {
     let id = t.id.clone();
     let cfg = &shared.cfg;
-    shared.report(&id, status(TaskState::Starting, "preparing secrets")).await;
+    shared
+        .report(&id, status(TaskState::Starting, "preparing secrets"))
+        .await;
     let fail = |state: TaskState, msg: &str, err: String| {
         let mut r = status(state, msg);
         r.err = err;
@@ -417,20 +510,42 @@ async fn supervise(shared: &Arc<Shared>, t: Assignment, mut ctl: mpsc::Unbounded
     let mut masker = Masker::default();
     let d = match decode(&t.secrets, &mut masker) {
         Ok(d) => d,
-        Err(e) => return shared.report(&id, fail(TaskState::Rejected, "rejected", e)).await,
+        Err(e) => {
+            return shared
+                .report(&id, fail(TaskState::Rejected, "rejected", e))
+                .await
+        }
     };
-    let versions: BTreeMap<String, u32> = d.grants.iter().map(|(_, v, sid)| (sid.clone(), *v)).collect();
+    let versions: BTreeMap<String, u32> = d
+        .grants
+        .iter()
+        .map(|(_, v, sid)| (sid.clone(), *v))
+        .collect();
     let mounter = Arc::clone(&cfg.mounter);
     let (base, tid) = (cfg.base_dir.clone(), id.clone());
     let files = d.files;
-    let secrets = tokio::task::spawn_blocking(move || TaskSecrets::create(&*mounter, &base, &tid, &files)).await;
+    let secrets =
+        tokio::task::spawn_blocking(move || TaskSecrets::create(&*mounter, &base, &tid, &files))
+            .await;
     let secrets = match secrets {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => return shared.report(&id, fail(TaskState::Rejected, "rejected", e.to_string())).await,
-        Err(e) => return shared.report(&id, fail(TaskState::Failed, "failed", e.to_string())).await,
+        Ok(Err(e)) => {
+            return shared
+                .report(&id, fail(TaskState::Rejected, "rejected", e.to_string()))
+                .await
+        }
+        Err(e) => {
+            return shared
+                .report(&id, fail(TaskState::Failed, "failed", e.to_string()))
+                .await
+        }
     };
     let mut cmd = tokio::process::Command::new(&cfg.helper);
-    cmd.arg("task-exec").arg("--secrets-dir").arg(secrets.dir()).arg("--hide").arg(&cfg.base_dir);
+    cmd.arg("task-exec")
+        .arg("--secrets-dir")
+        .arg(secrets.dir())
+        .arg("--hide")
+        .arg(&cfg.base_dir);
     if let Some(u) = &t.user {
         cmd.arg("--user").arg(u);
     }
@@ -444,19 +559,42 @@ async fn supervise(shared: &Arc<Shared>, t: Assignment, mut ctl: mpsc::Unbounded
         use std::os::unix::ffi::OsStrExt;
         cmd.env(k, std::ffi::OsStr::from_bytes(v));
     }
-    cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
     let child = cmd.spawn();
     drop(cmd); // the command held env values
     let mut child = match child {
         Ok(c) => c,
         Err(e) => {
             remove_secrets(cfg, secrets).await;
-            return shared.report(&id, fail(TaskState::Failed, "failed", format!("cannot start the exec helper {}: {e}", cfg.helper.display()))).await;
+            return shared
+                .report(
+                    &id,
+                    fail(
+                        TaskState::Failed,
+                        "failed",
+                        format!("cannot start the exec helper {}: {e}", cfg.helper.display()),
+                    ),
+                )
+                .await;
         }
     };
     let pid = child.id().unwrap_or(0);
-    let proc = tokio::task::spawn_blocking(move || TaskProcess::track(pid)).await.unwrap_or(TaskProcess { pid, mnt_ns: None });
-    shared.procs.lock().unwrap_or_else(PoisonError::into_inner).insert(id.clone(), ProcEntry { pid, mnt_ns: proc.mnt_ns.clone() });
+    let proc = tokio::task::spawn_blocking(move || TaskProcess::track(pid))
+        .await
+        .unwrap_or(TaskProcess { pid, mnt_ns: None });
+    shared
+        .procs
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(
+            id.clone(),
+            ProcEntry {
+                pid,
+                mnt_ns: proc.mnt_ns.clone(),
+            },
+        );
     shared.save_procs();
     let masker = Arc::new(Mutex::new(masker));
     let last_err = Arc::new(Mutex::new(String::new()));
@@ -464,10 +602,22 @@ async fn supervise(shared: &Arc<Shared>, t: Assignment, mut ctl: mpsc::Unbounded
     let shipper = tokio::spawn(ship_logs(Arc::clone(shared), id.clone(), log_rx));
     let mut readers = Vec::new();
     if let Some(out) = child.stdout.take() {
-        readers.push(tokio::spawn(read_output(out, "stdout", Arc::clone(&masker), log_tx.clone(), None)));
+        readers.push(tokio::spawn(read_output(
+            out,
+            "stdout",
+            Arc::clone(&masker),
+            log_tx.clone(),
+            None,
+        )));
     }
     if let Some(err) = child.stderr.take() {
-        readers.push(tokio::spawn(read_output(err, "stderr", Arc::clone(&masker), log_tx.clone(), Some(Arc::clone(&last_err)))));
+        readers.push(tokio::spawn(read_output(
+            err,
+            "stderr",
+            Arc::clone(&masker),
+            log_tx.clone(),
+            Some(Arc::clone(&last_err)),
+        )));
     }
     drop(log_tx);
     let mut running = status(TaskState::Running, "started");
@@ -501,7 +651,11 @@ async fn supervise(shared: &Arc<Shared>, t: Assignment, mut ctl: mpsc::Unbounded
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), shipper).await;
     remove_secrets(cfg, secrets).await;
-    shared.procs.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
+    shared
+        .procs
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .remove(&id);
     shared.save_procs();
     let code = exit.and_then(|s| s.code());
     let signal = exit.and_then(|s| std::os::unix::process::ExitStatusExt::signal(&s));
@@ -510,9 +664,14 @@ async fn supervise(shared: &Arc<Shared>, t: Assignment, mut ctl: mpsc::Unbounded
     } else if code == Some(0) {
         status(TaskState::Complete, "finished")
     } else {
-        let last = last_err.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let last = last_err
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         let err = match (code, signal) {
-            (Some(127), _) if last.starts_with("coffer task-exec: ") => last.trim_start_matches("coffer task-exec: ").to_owned(),
+            (Some(127), _) if last.starts_with("coffer task-exec: ") => {
+                last.trim_start_matches("coffer task-exec: ").to_owned()
+            }
             (Some(c), _) => format!("task: non-zero exit ({c})"),
             (None, Some(s)) => format!("task: killed by signal {s}"),
             _ => "task: ended".to_owned(),
@@ -533,7 +692,11 @@ async fn remove_secrets(cfg: &AgentConfig, secrets: TaskSecrets) {
 
 /// SIGTERM to the task's session, SIGKILL after `grace`, then to anything left in its
 /// mount namespace.
-async fn stop_tree(proc: &TaskProcess, child: &mut tokio::process::Child, grace: Duration) -> Option<std::process::ExitStatus> {
+async fn stop_tree(
+    proc: &TaskProcess,
+    child: &mut tokio::process::Child,
+    grace: Duration,
+) -> Option<std::process::ExitStatus> {
     let group = Pid::from_raw(-i32::try_from(proc.pid).unwrap_or(i32::MAX));
     let _ = kill(group, Signal::SIGTERM);
     let deadline = tokio::time::Instant::now() + grace;
@@ -571,21 +734,55 @@ async fn stop_tree(proc: &TaskProcess, child: &mut tokio::process::Child, grace:
 /// Applies a rotation: files of `live` and `signal:*` grants are replaced in place
 /// (atomically), then signals are sent. `restart` grants are left alone: the manager
 /// replaces the task.
-async fn rotate(shared: &Arc<Shared>, id: &str, secrets: &TaskSecrets, proc: &TaskProcess, grants: &mut [(Grant, u32, String)], masker: &Arc<Mutex<Masker>>, new: &[AssignedSecret]) {
+async fn rotate(
+    shared: &Arc<Shared>,
+    id: &str,
+    secrets: &TaskSecrets,
+    proc: &TaskProcess,
+    grants: &mut [(Grant, u32, String)],
+    masker: &Arc<Mutex<Masker>>,
+    new: &[AssignedSecret],
+) {
     let mut signals = Vec::new();
     let mut delivered = BTreeMap::new();
     for s in new {
-        let Ok(grant) = Grant::parse(&s.grant, OnRotate::Live) else { continue };
-        let Some(slot) = grants.iter_mut().find(|(g, _, sid)| *sid == s.secret_id && g.delivery == grant.delivery) else { continue };
+        let Ok(grant) = Grant::parse(&s.grant, OnRotate::Live) else {
+            continue;
+        };
+        let Some(slot) = grants
+            .iter_mut()
+            .find(|(g, _, sid)| *sid == s.secret_id && g.delivery == grant.delivery)
+        else {
+            continue;
+        };
         if slot.1 == s.version || grant.on_rotate == OnRotate::Restart {
             continue;
         }
-        let Ok(raw) = STANDARD.decode(s.value.0.as_bytes()) else { continue };
+        let Ok(raw) = STANDARD.decode(s.value.0.as_bytes()) else {
+            continue;
+        };
         let value = SecretBytes::from_zeroizing(Zeroizing::new(raw));
-        masker.lock().unwrap_or_else(PoisonError::into_inner).add(value.expose());
-        if let Delivery::File { target, uid, gid, mode } = &grant.delivery {
-            let Ok(target) = TargetName::new(target) else { continue };
-            let file = SecretFile { target, uid: *uid, gid: *gid, mode: *mode, value };
+        masker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .add(value.expose());
+        if let Delivery::File {
+            target,
+            uid,
+            gid,
+            mode,
+        } = &grant.delivery
+        {
+            let Ok(target) = TargetName::new(target) else {
+                continue;
+            };
+            let file = SecretFile {
+                target,
+                uid: *uid,
+                gid: *gid,
+                mode: *mode,
+                value,
+            };
             if let Err(e) = secrets.update(&file) {
                 tracing::error!(task = id, error = %e, "rotation could not replace a secret file");
                 continue;
@@ -613,7 +810,13 @@ async fn rotate(shared: &Arc<Shared>, id: &str, secrets: &TaskSecrets, proc: &Ta
     }
 }
 
-async fn read_output(mut r: impl tokio::io::AsyncRead + Unpin, stream: &'static str, masker: Arc<Mutex<Masker>>, tx: mpsc::UnboundedSender<LogLine>, last: Option<Arc<Mutex<String>>>) {
+async fn read_output(
+    mut r: impl tokio::io::AsyncRead + Unpin,
+    stream: &'static str,
+    masker: Arc<Mutex<Masker>>,
+    tx: mpsc::UnboundedSender<LogLine>,
+    last: Option<Arc<Mutex<String>>>,
+) {
     let mut lines = LineBuffer::default();
     let mut chunk = Zeroizing::new(vec![0u8; 16 * 1024]);
     loop {
@@ -630,12 +833,27 @@ async fn read_output(mut r: impl tokio::io::AsyncRead + Unpin, stream: &'static 
     }
 }
 
-fn emit(masker: &Mutex<Masker>, tx: &mpsc::UnboundedSender<LogLine>, stream: &str, line: &[u8], last: Option<&Arc<Mutex<String>>>) {
-    let masked = masker.lock().unwrap_or_else(PoisonError::into_inner).mask(line);
+fn emit(
+    masker: &Mutex<Masker>,
+    tx: &mpsc::UnboundedSender<LogLine>,
+    stream: &str,
+    line: &[u8],
+    last: Option<&Arc<Mutex<String>>>,
+) {
+    let masked = masker
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .mask(line);
     if let Some(l) = last {
-        l.lock().unwrap_or_else(PoisonError::into_inner).clone_from(&masked);
+        l.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone_from(&masked);
     }
-    let _ = tx.send(LogLine { stream: stream.to_owned(), time: now(), line: masked });
+    let _ = tx.send(LogLine {
+        stream: stream.to_owned(),
+        time: now(),
+        line: masked,
+    });
 }
 
 /// Sends a task's masked lines to the manager in batches.

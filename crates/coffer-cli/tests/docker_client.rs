@@ -223,22 +223,54 @@ fn docker_service_commands() {
         "1000",
     ];
     ok(&docker(&bin, &s, &create, None));
-    let ls = ok(&docker(
+    // The tasks run (exec driver as root; rejected with the reason otherwise).
+    let root = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()) == 0;
+    let want = if root {
+        "web replicated 2/2"
+    } else {
+        "web replicated 0/2"
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let ls = ok(&docker(
+            &bin,
+            &s,
+            &[
+                "service",
+                "ls",
+                "--format",
+                "{{.Name}} {{.Mode}} {{.Replicas}}",
+            ],
+            None,
+        ));
+        if ls.trim() == want {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "service ls: {ls}, want {want}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let ps = ok(&docker(
         &bin,
         &s,
         &[
             "service",
-            "ls",
+            "ps",
             "--format",
-            "{{.Name}} {{.Mode}} {{.Replicas}}",
+            "{{.Name}} {{.Node}} {{.DesiredState}} {{.CurrentState}}",
+            "web",
         ],
         None,
     ));
-    assert_eq!(
-        ls.trim(),
-        "web replicated 0/2",
-        "no scheduler yet, so no task runs: {ls}"
-    );
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let mut names: Vec<&str> = ps.lines().map(|l| l.split(' ').next().unwrap()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["web.1", "web.2"], "{ps}");
+    for l in ps.lines() {
+        assert!(l.contains(hostname.trim()) && l.contains("Running"), "{ps}");
+    }
     let refs = ok(&docker(
         &bin,
         &s,
@@ -305,5 +337,13 @@ fn docker_service_commands() {
     assert_eq!(refs.as_array().unwrap().len(), 1);
     assert_eq!(refs[0]["File"]["Name"], "pw2");
     ok(&docker(&bin, &s, &["service", "rm", "web"], None));
-    ok(&docker(&bin, &s, &["secret", "rm", "db_password"], None));
+    // docker service rm returns at once; the secret is free once the tasks have stopped.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !docker(&bin, &s, &["secret", "rm", "db_password"], None)
+        .status
+        .success()
+    {
+        assert!(std::time::Instant::now() < deadline, "secret still held");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }

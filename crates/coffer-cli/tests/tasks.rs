@@ -42,7 +42,11 @@ fn ok(o: &std::process::Output) -> String {
 }
 
 fn fails(o: &std::process::Output) -> String {
-    assert!(!o.status.success(), "expected a failure: {}", String::from_utf8_lossy(&o.stdout));
+    assert!(
+        !o.status.success(),
+        "expected a failure: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
     err
@@ -85,7 +89,11 @@ fn running_pids(s: &Server, service: &str) -> Vec<u32> {
 
 fn logs(s: &Server, service: &str) -> String {
     let (st, b) = s
-        .try_api("GET", &format!("/services/{service}/logs?stdout=1&stderr=1"), None)
+        .try_api(
+            "GET",
+            &format!("/services/{service}/logs?stdout=1&stderr=1"),
+            None,
+        )
         .unwrap();
     assert_eq!(st, 200);
     // Docker's multiplexed frames: 8-byte header, payload.
@@ -134,7 +142,17 @@ fn seed_flow_grants_modes_and_masking() {
         None,
     ));
     ok(&s.cli(
-        &["service", "create", "--name", "envy", "--secret", "source=db_password,type=env,target=DB_PW", "--", "sleep", "1000"],
+        &[
+            "service",
+            "create",
+            "--name",
+            "envy",
+            "--secret",
+            "source=db_password,type=env,target=DB_PW",
+            "--",
+            "sleep",
+            "1000",
+        ],
         None,
     ));
     ok(&s.cli(
@@ -146,34 +164,59 @@ fn seed_flow_grants_modes_and_masking() {
     for pid in &web {
         assert_eq!(in_task(*pid, "/run/secrets/db_password").unwrap(), canary);
         let meta = std::fs::metadata(format!("/proc/{pid}/root/run/secrets/pw_user")).unwrap();
-        assert_eq!((meta.uid(), meta.gid(), meta.mode() & 0o777), (1000, 1000, 0o400));
+        assert_eq!(
+            (meta.uid(), meta.gid(), meta.mode() & 0o777),
+            (1000, 1000, 0o400)
+        );
         let meta = std::fs::metadata(format!("/proc/{pid}/root/run/secrets/db_password")).unwrap();
         assert_eq!((meta.uid(), meta.gid(), meta.mode() & 0o777), (0, 0, 0o444));
         // Runs as the --user; nothing secret in its environment or command line.
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        assert!(status.lines().any(|l| l.starts_with("Uid:\t1000\t")), "{status}");
+        assert!(
+            status.lines().any(|l| l.starts_with("Uid:\t1000\t")),
+            "{status}"
+        );
         for f in ["environ", "cmdline"] {
             let b = std::fs::read(format!("/proc/{pid}/{f}")).unwrap();
-            assert!(!b.windows(canary.len()).any(|w| w == canary), "canary in /proc/{pid}/{f}");
+            assert!(
+                !b.windows(canary.len()).any(|w| w == canary),
+                "canary in /proc/{pid}/{f}"
+            );
         }
     }
-    wait_until("web printed its files", || logs(&s, "web").matches("/run/secrets/pw_user 1000 1000 400").count() == 2);
+    wait_until("web printed its files", || {
+        logs(&s, "web")
+            .matches("/run/secrets/pw_user 1000 1000 400")
+            .count()
+            == 2
+    });
     let out = logs(&s, "web");
     assert!(out.contains("/run/secrets/db_password 0 0 444"), "{out}");
-    assert!(!out.contains("WRITABLE"), "/run/secrets must be read-only: {out}");
+    assert!(
+        !out.contains("WRITABLE"),
+        "/run/secrets must be read-only: {out}"
+    );
     // The value printed by the workload is masked before it is stored.
     assert!(out.contains("****"), "{out}");
     assert!(!out.contains("CANARY"), "value in logs: {out}");
-    wait_until("other looked", || logs(&s, "other").contains("NO_SUCH_FILE"));
+    wait_until("other looked", || {
+        logs(&s, "other").contains("NO_SUCH_FILE")
+    });
     let other = running_pids(&s, "other")[0];
-    assert!(in_task(other, "/run/secrets/db_password").is_err());
+    in_task(other, "/run/secrets/db_password").unwrap_err();
     // Env delivery: only in that task's environment.
     let envy = running_pids(&s, "envy")[0];
     let environ = std::fs::read(format!("/proc/{envy}/environ")).unwrap();
     let want = [b"DB_PW=".as_slice(), canary].concat();
-    assert!(environ.split(|b| *b == 0).any(|v| v == want.as_slice()), "env grant missing");
+    assert!(
+        environ.split(|b| *b == 0).any(|v| v == want.as_slice()),
+        "env grant missing"
+    );
     // Inspect shows grants, never the value; secret inspect shows holders.
-    for out in [ok(&s.cli(&["service", "inspect", "envy"], None)), ok(&s.cli(&["secret", "inspect", "db_password"], None))] {
+    for out in [
+        ok(&s.cli(&["service", "inspect", "envy"], None)),
+        ok(&s.cli(&["secret", "inspect", "db_password"], None)),
+    ] {
         assert!(!out.contains("CANARY"), "{out}");
     }
     let holders = ok(&s.cli(&["secret", "inspect", "db_password"], None));
@@ -188,7 +231,10 @@ fn seed_flow_grants_modes_and_masking() {
     }
     assert_eq!(secret_mounts(&s), 0, "mounts left after service rm");
     for pid in web {
-        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "process {pid} survived");
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "process {pid} survived"
+        );
     }
 }
 
@@ -210,14 +256,47 @@ fn live_rotation_signal_and_restart() {
     ));
     ok(&s.cli(
         &[
-            "service", "create", "--name", "hup",
-            "--secret", "source=api_key,target=key,on-rotate=signal:SIGHUP",
-            "--", "sh", "-c", "trap 'echo GOT_HUP' HUP; while :; do sleep 0.05; done",
+            "service",
+            "create",
+            "--name",
+            "hup",
+            "--secret",
+            "source=api_key,target=key,on-rotate=signal:SIGHUP",
+            "--",
+            "sh",
+            "-c",
+            "trap 'echo GOT_HUP' HUP; while :; do sleep 0.05; done",
         ],
         None,
     ));
-    ok(&s.cli(&["service", "create", "--name", "restarty", "--secret", "source=api_key,on-rotate=restart", "--", "sleep", "1000"], None));
-    ok(&s.cli(&["service", "create", "--name", "pinned", "--secret", "source=api_key,version=1", "--", "sleep", "1000"], None));
+    ok(&s.cli(
+        &[
+            "service",
+            "create",
+            "--name",
+            "restarty",
+            "--secret",
+            "source=api_key,on-rotate=restart",
+            "--",
+            "sleep",
+            "1000",
+        ],
+        None,
+    ));
+    ok(&s.cli(
+        &[
+            "service",
+            "create",
+            "--name",
+            "pinned",
+            "--secret",
+            "source=api_key,version=1",
+            "--",
+            "sleep",
+            "1000",
+        ],
+        None,
+    ));
     let reader = running_pids(&s, "reader")[0];
     let restarty = running_pids(&s, "restarty")[0];
     let pinned = running_pids(&s, "pinned")[0];
@@ -228,21 +307,37 @@ fn live_rotation_signal_and_restart() {
             in_task(reader, "/run/secrets/key").ok().as_deref() == Some(v.as_bytes())
         });
     }
-    assert_eq!(running_pids(&s, "reader"), vec![reader], "live rotation must not restart");
+    assert_eq!(
+        running_pids(&s, "reader"),
+        vec![reader],
+        "live rotation must not restart"
+    );
     wait_until("SIGHUP delivered", || logs(&s, "hup").contains("GOT_HUP"));
-    assert!(!logs(&s, "reader").contains("BAD"), "a reader saw a partial file: {}", logs(&s, "reader"));
+    assert!(
+        !logs(&s, "reader").contains("BAD"),
+        "a reader saw a partial file: {}",
+        logs(&s, "reader")
+    );
     // restart: replaced by a task holding the new version; the pinned one stays on 1.
     wait_until("restart grant replaced its task", || {
         let p = running_pids(&s, "restarty");
         p.len() == 1 && p[0] != restarty
     });
     let newpid = running_pids(&s, "restarty")[0];
-    assert_eq!(in_task(newpid, "/run/secrets/api_key").unwrap(), b"value-two-0019");
+    assert_eq!(
+        in_task(newpid, "/run/secrets/api_key").unwrap(),
+        b"value-two-0019"
+    );
     assert_eq!(running_pids(&s, "pinned"), vec![pinned]);
-    assert_eq!(in_task(pinned, "/run/secrets/api_key").unwrap(), b"value-one-AAAA");
+    assert_eq!(
+        in_task(pinned, "/run/secrets/api_key").unwrap(),
+        b"value-one-AAAA"
+    );
     // Rollback delivers the previous version the same way.
     ok(&s.cli(&["secret", "rollback", "api_key"], None));
-    wait_until("rollback delivered", || in_task(reader, "/run/secrets/key").ok().as_deref() == Some(b"value-two-0018".as_slice()));
+    wait_until("rollback delivered", || {
+        in_task(reader, "/run/secrets/key").ok().as_deref() == Some(b"value-two-0018".as_slice())
+    });
 }
 
 #[test]
@@ -255,35 +350,77 @@ fn update_replaces_tasks_and_rm_refuses_held_secret() {
     s.create("b", b"BBBB-value");
     // Ignores SIGTERM: stopping takes the grace period, then SIGKILL ends it.
     ok(&s.cli(
-        &["service", "create", "--name", "svc", "--replicas", "2", "--stop-grace-period", "3s", "--secret", "a",
-          "--", "sh", "-c", "trap '' TERM; (setsid sleep 4711 &); while :; do sleep 0.05; done"],
+        &[
+            "service",
+            "create",
+            "--name",
+            "svc",
+            "--replicas",
+            "2",
+            "--stop-grace-period",
+            "3s",
+            "--secret",
+            "a",
+            "--",
+            "sh",
+            "-c",
+            "trap '' TERM; (setsid sleep 4711 &); while :; do sleep 0.05; done",
+        ],
         None,
     ));
     let old = running_pids(&s, "svc");
     // Update in the background; while an old task is stopping it still holds `a`.
     let sock = format!("unix://{}", s.socket().display());
-    let updater = std::thread::spawn(move || common::cli_at(&sock, &["service", "update", "svc", "--secret-rm", "a", "--secret-add", "b"], None));
+    let updater = std::thread::spawn(move || {
+        common::cli_at(
+            &sock,
+            &[
+                "service",
+                "update",
+                "svc",
+                "--secret-rm",
+                "a",
+                "--secret-add",
+                "b",
+            ],
+            None,
+        )
+    });
     wait_until("an old task is stopping", || {
-        tasks(&s, "svc").iter().any(|t| t["DesiredState"] == "shutdown" && t["Status"]["State"] == "running")
+        tasks(&s, "svc")
+            .iter()
+            .any(|t| t["DesiredState"] == "shutdown" && t["Status"]["State"] == "running")
     });
     let err = fails(&s.cli(&["secret", "rm", "a"], None));
-    assert!(err.contains("secret 'a' is in use by the following task") && err.contains("svc."), "{err}");
+    assert!(
+        err.contains("secret 'a' is in use by the following task") && err.contains("svc."),
+        "{err}"
+    );
     ok(&updater.join().unwrap());
     let new = running_pids(&s, "svc");
     assert_eq!(new.len(), 2);
     for pid in &new {
         assert!(!old.contains(pid));
-        assert!(in_task(*pid, "/run/secrets/a").is_err());
+        in_task(*pid, "/run/secrets/a").unwrap_err();
         assert_eq!(in_task(*pid, "/run/secrets/b").unwrap(), b"BBBB-value");
     }
     // No process of the old tasks survived, not even the setsid'd sleep.
-    let leftovers = std::process::Command::new("pgrep").args(["-f", "^sleep 4711"]).output().unwrap();
+    let leftovers = std::process::Command::new("pgrep")
+        .args(["-f", "^sleep 4711"])
+        .output()
+        .unwrap();
     let n = String::from_utf8_lossy(&leftovers.stdout).lines().count();
-    assert_eq!(n, 2, "only the two new tasks' sleeps may run (the old tasks' setsid children must be gone)");
+    assert_eq!(
+        n, 2,
+        "only the two new tasks' sleeps may run (the old tasks' setsid children must be gone)"
+    );
     assert_eq!(secret_mounts(&s), 2);
     ok(&s.cli(&["secret", "rm", "a"], None));
     let err = fails(&s.cli(&["secret", "rm", "b"], None));
-    assert!(err.contains("in use by the following service: svc"), "{err}");
+    assert!(
+        err.contains("in use by the following service: svc"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -293,17 +430,80 @@ fn bad_input_is_refused_with_one_line() {
     }
     let s = Server::start(&[]);
     s.create("db_password", b"v");
-    ok(&s.cli(&["service", "create", "--name", "web", "--detach", "--", "sleep", "1000"], None));
+    ok(&s.cli(
+        &[
+            "service", "create", "--name", "web", "--detach", "--", "sleep", "1000",
+        ],
+        None,
+    ));
     let before = s.api("GET", "/services", None).1;
     for (args, want) in [
-        (vec!["--name", "x", "--secret", "nope", "--", "true"], "secret \"nope\" not found"),
-        (vec!["--name", "x", "--secret", "source=db_password,colour=red", "--", "true"], "unknown option \"colour\""),
-        (vec!["--name", "x", "--secret", "source=db_password,mode=0999", "--", "true"], "mode=\"0999\" is invalid"),
-        (vec!["--name", "x", "--secret", "source=db_password,uid=bob", "--", "true"], "uid=\"bob\" is invalid"),
-        (vec!["--name", "x", "--secret", "db_password", "--secret", "source=db_password,target=db_password", "--", "true"], "same file /run/secrets/db_password"),
-        (vec!["--name", "x", "--secret", "source=db_password,target=../etc/passwd", "--", "true"], "no '/'"),
+        (
+            vec!["--name", "x", "--secret", "nope", "--", "true"],
+            "secret \"nope\" not found",
+        ),
+        (
+            vec![
+                "--name",
+                "x",
+                "--secret",
+                "source=db_password,colour=red",
+                "--",
+                "true",
+            ],
+            "unknown option \"colour\"",
+        ),
+        (
+            vec![
+                "--name",
+                "x",
+                "--secret",
+                "source=db_password,mode=0999",
+                "--",
+                "true",
+            ],
+            "mode=\"0999\" is invalid",
+        ),
+        (
+            vec![
+                "--name",
+                "x",
+                "--secret",
+                "source=db_password,uid=bob",
+                "--",
+                "true",
+            ],
+            "uid=\"bob\" is invalid",
+        ),
+        (
+            vec![
+                "--name",
+                "x",
+                "--secret",
+                "db_password",
+                "--secret",
+                "source=db_password,target=db_password",
+                "--",
+                "true",
+            ],
+            "same file /run/secrets/db_password",
+        ),
+        (
+            vec![
+                "--name",
+                "x",
+                "--secret",
+                "source=db_password,target=../etc/passwd",
+                "--",
+                "true",
+            ],
+            "no '/'",
+        ),
         (vec!["--name", "web", "--", "true"], "already exists"),
-        (vec!["--name", "x", "--replicas", "-1", "--", "true"], "--replicas \"-1\" is invalid"),
+        (
+            vec!["--name", "x", "--replicas", "-1", "--", "true"],
+            "--replicas \"-1\" is invalid",
+        ),
     ] {
         let mut full = vec!["service", "create"];
         full.extend(args);
@@ -312,19 +512,48 @@ fn bad_input_is_refused_with_one_line() {
     }
     let err = fails(&s.cli(&["service", "update", "ghost", "--replicas", "2"], None));
     assert!(err.contains("not found"), "{err}");
-    let (st, v) = s.api("POST", "/services/web/update?version=1", Some(br#"{"Name":"web","TaskTemplate":{"ContainerSpec":{"Command":["true"]}}}"#));
+    let (st, v) = s.api(
+        "POST",
+        "/services/web/update?version=1",
+        Some(br#"{"Name":"web","TaskTemplate":{"ContainerSpec":{"Command":["true"]}}}"#),
+    );
     assert_eq!(st, 409, "{v}");
-    assert_eq!(s.api("GET", "/services", None).1, before, "a refused request changed something");
+    assert_eq!(
+        s.api("GET", "/services", None).1,
+        before,
+        "a refused request changed something"
+    );
     // A command that does not exist: the task fails with the reason, restarts no faster
     // than the delay.
-    let o = s.cli(&["service", "create", "--name", "broken", "--restart-delay", "1s", "--", "/no/such/cmd"], None);
+    let o = s.cli(
+        &[
+            "service",
+            "create",
+            "--name",
+            "broken",
+            "--restart-delay",
+            "1s",
+            "--",
+            "/no/such/cmd",
+        ],
+        None,
+    );
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     let last = err.trim().lines().last().unwrap();
-    assert!(last.starts_with("Error: service broken did not converge") && last.contains("/no/such/cmd") && last.contains("No such file"), "{err}");
+    assert!(
+        last.starts_with("Error: service broken did not converge")
+            && last.contains("/no/such/cmd")
+            && last.contains("No such file"),
+        "{err}"
+    );
     std::thread::sleep(Duration::from_millis(3500));
     let ts = tasks(&s, "broken");
-    assert!((2..=5).contains(&ts.len()), "restarts faster than the delay: {} tasks", ts.len());
+    assert!(
+        (2..=5).contains(&ts.len()),
+        "restarts faster than the delay: {} tasks",
+        ts.len()
+    );
     let ps = ok(&s.cli(&["service", "ps", "broken"], None));
     assert!(ps.contains("No such file or directory"), "{ps}");
 }
@@ -336,13 +565,27 @@ fn run_passes_output_and_exit_code_through() {
     }
     let s = Server::start(&[]);
     s.create("token", b"TOKEN-CANARY-42");
-    let o = s.cli(&["run", "--secret", "token", "--", "sh", "-c", "cat /run/secrets/token; echo; echo to-stderr >&2; exit 7"], None);
+    let o = s.cli(
+        &[
+            "run",
+            "--secret",
+            "token",
+            "--",
+            "sh",
+            "-c",
+            "cat /run/secrets/token; echo; echo to-stderr >&2; exit 7",
+        ],
+        None,
+    );
     assert_eq!(o.status.code(), Some(7));
     let out = String::from_utf8_lossy(&o.stdout);
     assert_eq!(out.trim(), "****");
     assert!(String::from_utf8_lossy(&o.stderr).contains("to-stderr"));
     assert_eq!(secret_mounts(&s), 0, "run left a mount");
-    assert_eq!(s.api("GET", "/services", None).1.as_array().unwrap().len(), 0);
+    assert_eq!(
+        s.api("GET", "/services", None).1.as_array().unwrap().len(),
+        0
+    );
     let o = s.cli(&["run", "--", "/no/such/cmd"], None);
     assert_eq!(o.status.code(), Some(127));
 }
@@ -354,16 +597,38 @@ fn kill_9_then_restart_cleans_up_and_reconciles() {
     }
     let mut s = Server::start(&[]);
     s.create("k", b"KKKK-value");
-    ok(&s.cli(&["service", "create", "--name", "w", "--restart-delay", "100ms", "--secret", "k", "--", "sleep", "1000"], None));
+    ok(&s.cli(
+        &[
+            "service",
+            "create",
+            "--name",
+            "w",
+            "--restart-delay",
+            "100ms",
+            "--secret",
+            "k",
+            "--",
+            "sleep",
+            "1000",
+        ],
+        None,
+    ));
     let old = running_pids(&s, "w")[0];
     s.kill9();
-    assert_eq!(secret_mounts(&s), 1, "the mount outlives a killed agent until it restarts");
+    assert_eq!(
+        secret_mounts(&s),
+        1,
+        "the mount outlives a killed agent until it restarts"
+    );
     s.restart();
     wait_until("a new task runs", || {
         let p = running_pids(&s, "w");
         p.len() == 1 && p[0] != old
     });
-    assert!(!std::path::Path::new(&format!("/proc/{old}")).exists(), "the old task's process survived");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{old}")).exists(),
+        "the old task's process survived"
+    );
     assert_eq!(secret_mounts(&s), 1, "only the new task's mount remains");
     let new = running_pids(&s, "w")[0];
     assert_eq!(in_task(new, "/run/secrets/k").unwrap(), b"KKKK-value");

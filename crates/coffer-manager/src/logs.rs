@@ -74,7 +74,10 @@ impl Default for Logs {
 impl Logs {
     /// Adds lines of one task.
     pub fn push(&self, service_id: &str, task_id: &str, node_id: &str, lines: Vec<LogLine>) {
-        let mut m = self.per_service.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut m = self
+            .per_service
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let q = m.entry(service_id.to_owned()).or_default();
         for l in lines {
             let e = Arc::new(LogEntry {
@@ -94,10 +97,19 @@ impl Logs {
     }
 
     /// The kept lines of a service and a receiver for the lines that follow them.
-    pub fn read(&self, service_id: &str) -> (Vec<Arc<LogEntry>>, broadcast::Receiver<Arc<LogEntry>>) {
-        let m = self.per_service.lock().unwrap_or_else(PoisonError::into_inner);
+    pub fn read(
+        &self,
+        service_id: &str,
+    ) -> (Vec<Arc<LogEntry>>, broadcast::Receiver<Arc<LogEntry>>) {
+        let m = self
+            .per_service
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let rx = self.tx.subscribe();
-        let lines = m.get(service_id).map(|q| q.iter().cloned().collect()).unwrap_or_default();
+        let lines = m
+            .get(service_id)
+            .map(|q| q.iter().cloned().collect())
+            .unwrap_or_default();
         (lines, rx)
     }
 
@@ -132,7 +144,10 @@ mod tests {
             text,
             "com.docker.swarm.node.id=n,com.docker.swarm.service.id=s,com.docker.swarm.task.id=t 2026-01-01T00:00:00Z hello\n"
         );
-        assert_eq!(usize::try_from(u32::from_be_bytes([f[4], f[5], f[6], f[7]])).unwrap(), text.len());
+        assert_eq!(
+            usize::try_from(u32::from_be_bytes([f[4], f[5], f[6], f[7]])).unwrap(),
+            text.len()
+        );
     }
 
     #[test]
@@ -144,7 +159,12 @@ mod tests {
             time: String::new(),
             line: format!("{i}"),
         };
-        logs.push("s", "t", "n", (0..LINES_PER_SERVICE + 5).map(line).collect());
+        logs.push(
+            "s",
+            "t",
+            "n",
+            (0..LINES_PER_SERVICE + 5).map(line).collect(),
+        );
         let (kept, _) = logs.read("s");
         assert_eq!(kept.len(), LINES_PER_SERVICE);
         assert_eq!(kept[0].line, "5");

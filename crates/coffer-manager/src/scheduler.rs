@@ -68,8 +68,7 @@ pub struct ServiceIntent {
 /// old version of a secret whose grant rotates by restart.
 fn outdated(s: &ServiceIntent, t: &TaskRecord) -> bool {
     t.service_revision < s.revision
-        || s
-            .restart_versions
+        || s.restart_versions
             .iter()
             .any(|(id, v)| t.versions.get(id).is_some_and(|have| have != v))
 }
@@ -229,8 +228,8 @@ pub fn plan(
                     if !stopping {
                         // A replaced or restarted slot keeps counting its attempts only
                         // across failures; an update starts it afresh.
-                        let last_was_update = !in_slot.is_empty()
-                            && in_slot.iter().all(|t| outdated(s, t));
+                        let last_was_update =
+                            !in_slot.is_empty() && in_slot.iter().all(|t| outdated(s, t));
                         replacing |= last_was_update;
                         create(&mut actions, if last_was_update { 0 } else { attempts });
                     }
@@ -257,7 +256,11 @@ pub fn plan(
 /// What the scheduler needs to know of a stored service.
 fn intent(m: &Manager, e: &Entry<ServiceRecord>) -> ServiceIntent {
     let spec = &e.record.spec;
-    let rp = spec.task_template.restart_policy.clone().unwrap_or_default();
+    let rp = spec
+        .task_template
+        .restart_policy
+        .clone()
+        .unwrap_or_default();
     let mut restart_versions = BTreeMap::new();
     for r in spec.task_template.container_spec.secrets.iter().flatten() {
         let Ok(g) = r.to_grant() else { continue };
@@ -391,8 +394,7 @@ pub async fn run(m: Arc<Manager>) {
         m.view.subscribe(),
     ];
     loop {
-        let services: Vec<ServiceIntent> =
-            m.services.all().iter().map(|e| intent(&m, e)).collect();
+        let services: Vec<ServiceIntent> = m.services.all().iter().map(|e| intent(&m, e)).collect();
         let tasks: Vec<TaskRecord> = m.tasks.all().iter().map(|e| e.record.clone()).collect();
         let nodes: Vec<NodeRecord> = m.nodes.all().iter().map(|e| e.record.clone()).collect();
         for w in &mut watches {

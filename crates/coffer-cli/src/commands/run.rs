@@ -44,13 +44,19 @@ pub(crate) async fn run(host: Option<&str>, a: RunArgs) -> Result<ExitCode> {
         &["coffer.run=true".to_owned()],
     )?;
     let b = c
-        .call(Method::POST, "/services/create", Some(serde_json::to_vec(&body)?))
+        .call(
+            Method::POST,
+            "/services/create",
+            Some(serde_json::to_vec(&body)?),
+        )
         .await?;
     let id: ServiceCreateResponse = serde_json::from_slice(&b)?;
     let id = id.id;
     let result = follow(&c, &id).await;
     // The one-off service goes whatever happened; its task has ended (or is stopped now).
-    let _ = c.call(Method::DELETE, &format!("/services/{id}"), None).await;
+    let _ = c
+        .call(Method::DELETE, &format!("/services/{id}"), None)
+        .await;
     let _ = super::service::gone(&c, &id).await;
     result
 }
@@ -95,7 +101,9 @@ async fn follow(c: &Client, id: &str) -> Result<ExitCode> {
         bail!("the task's state could not be read");
     };
     let state = t["Status"]["State"].as_str().unwrap_or("");
-    let code = t["Status"]["ContainerStatus"]["ExitCode"].as_i64().unwrap_or(0);
+    let code = t["Status"]["ContainerStatus"]["ExitCode"]
+        .as_i64()
+        .unwrap_or(0);
     let err = t["Status"]["Err"].as_str().unwrap_or("");
     match state {
         "complete" => Ok(ExitCode::SUCCESS),

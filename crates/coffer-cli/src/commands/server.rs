@@ -1,8 +1,8 @@
 //! `coffer server` and `coffer dev`.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -106,10 +106,14 @@ pub(crate) async fn run(args: ServerArgs, dev: bool) -> Result<ExitCode> {
                 .unwrap_or_else(|_| "localhost".into()),
             base_dir: args.agent_dir.unwrap_or_else(paths::default_agent_dir),
             state_file: data_dir.join("agent-tasks.json"),
-            helper: std::env::current_exe().context("cannot find the coffer binary for the exec driver")?,
+            helper: std::env::current_exe()
+                .context("cannot find the coffer binary for the exec driver")?,
             mounter: Arc::new(coffer_agent::LinuxMounter),
         };
-        Some(tokio::spawn(coffer_agent::agent::run(cfg, stopped(agent_stop_rx))))
+        Some(tokio::spawn(coffer_agent::agent::run(
+            cfg,
+            stopped(agent_stop_rx),
+        )))
     };
     let shutdown = async move {
         tokio::select! {

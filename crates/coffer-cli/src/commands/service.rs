@@ -8,7 +8,7 @@ use anyhow::{anyhow, bail, Result};
 use clap::{Args, Subcommand};
 use coffer_core::api::{Service, ServiceCreateResponse};
 use coffer_core::grant::{Delivery, Grant, OnRotate};
-use coffer_core::service::{ServiceSpec, SecretReference};
+use coffer_core::service::{SecretReference, ServiceSpec};
 use http::Method;
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
@@ -272,7 +272,9 @@ pub(crate) async fn converge(c: &Client, id: &str, quiet: bool) -> Result<()> {
         let running = ts
             .iter()
             .filter(current)
-            .filter(|t| s(t, &["DesiredState"]) == "running" && s(t, &["Status", "State"]) == "running")
+            .filter(|t| {
+                s(t, &["DesiredState"]) == "running" && s(t, &["Status", "State"]) == "running"
+            })
             .count() as u64;
         let old_alive = ts.iter().any(|t| {
             !current(&t)
@@ -305,7 +307,11 @@ pub(crate) async fn converge(c: &Client, id: &str, quiet: bool) -> Result<()> {
             );
         }
         if started.elapsed() > Duration::from_secs(120) {
-            bail!("service {} has not converged after 2 minutes; see `coffer service ps {}`", svc.spec.name, svc.spec.name);
+            bail!(
+                "service {} has not converged after 2 minutes; see `coffer service ps {}`",
+                svc.spec.name,
+                svc.spec.name
+            );
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
@@ -332,7 +338,10 @@ pub(crate) async fn gone(c: &Client, id: &str) -> Result<()> {
 }
 
 /// Streams a service's logs to stdout and stderr (Docker's multiplexed frames).
-pub(crate) async fn print_logs(mut body: hyper::body::Incoming, mut until: impl FnMut() -> bool) -> Result<()> {
+pub(crate) async fn print_logs(
+    mut body: hyper::body::Incoming,
+    mut until: impl FnMut() -> bool,
+) -> Result<()> {
     use std::io::Write;
     let mut buf: Vec<u8> = Vec::new();
     loop {
@@ -347,7 +356,9 @@ pub(crate) async fn print_logs(mut body: hyper::body::Incoming, mut until: impl 
             Ok(None) => return Ok(()),
             Ok(Some(f)) => f?,
         };
-        let Ok(data) = frame.into_data() else { continue };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
         buf.extend_from_slice(&data);
         while buf.len() >= 8 {
             let len = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]) as usize;
@@ -392,7 +403,11 @@ pub(crate) async fn run(host: Option<&str>, cmd: ServiceCommand) -> Result<ExitC
             });
             let body = spec(&name, &task, r, restart, &labels)?;
             let b = c
-                .call(Method::POST, "/services/create", Some(serde_json::to_vec(&body)?))
+                .call(
+                    Method::POST,
+                    "/services/create",
+                    Some(serde_json::to_vec(&body)?),
+                )
                 .await?;
             let resp: ServiceCreateResponse = serde_json::from_slice(&b)?;
             println!("{}", resp.id);
@@ -440,7 +455,8 @@ pub(crate) async fn run(host: Option<&str>, cmd: ServiceCommand) -> Result<ExitC
             let svc = inspect(&c, &service).await?;
             let mut ts = tasks(&c, &svc.id).await?;
             ts.sort_by(|a, b| {
-                (a["Slot"].as_u64(), s(b, &["CreatedAt"])).cmp(&(b["Slot"].as_u64(), s(a, &["CreatedAt"])))
+                (a["Slot"].as_u64(), s(b, &["CreatedAt"]))
+                    .cmp(&(b["Slot"].as_u64(), s(a, &["CreatedAt"])))
             });
             if quiet {
                 for t in &ts {
@@ -465,7 +481,10 @@ pub(crate) async fn run(host: Option<&str>, cmd: ServiceCommand) -> Result<ExitC
                     ]
                 })
                 .collect();
-            table(&["ID", "NAME", "DESIRED STATE", "CURRENT STATE", "ERROR"], &rows);
+            table(
+                &["ID", "NAME", "DESIRED STATE", "CURRENT STATE", "ERROR"],
+                &rows,
+            );
         }
         ServiceCommand::Inspect { services } => {
             let mut out = Vec::new();
@@ -492,7 +511,11 @@ pub(crate) async fn run(host: Option<&str>, cmd: ServiceCommand) -> Result<ExitC
             let mut spec: ServiceSpec = svc.spec.clone();
             if let Some(r) = r {
                 let n = replicas(&r)?;
-                spec.mode.get_or_insert_with(Default::default).replicated.get_or_insert_with(Default::default).replicas = Some(n);
+                spec.mode
+                    .get_or_insert_with(Default::default)
+                    .replicated
+                    .get_or_insert_with(Default::default)
+                    .replicas = Some(n);
             }
             let cs = &mut spec.task_template.container_spec;
             let mut refs = cs.secrets.take().unwrap_or_default();
@@ -518,8 +541,15 @@ pub(crate) async fn run(host: Option<&str>, cmd: ServiceCommand) -> Result<ExitC
             }
             cs.env = Some(env);
             if force {
-                let n = spec.task_template.other.get("ForceUpdate").and_then(Value::as_u64).unwrap_or(0);
-                spec.task_template.other.insert("ForceUpdate".into(), json!(n + 1));
+                let n = spec
+                    .task_template
+                    .other
+                    .get("ForceUpdate")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0);
+                spec.task_template
+                    .other
+                    .insert("ForceUpdate".into(), json!(n + 1));
             }
             c.call(
                 Method::POST,
@@ -543,7 +573,10 @@ pub(crate) async fn run(host: Option<&str>, cmd: ServiceCommand) -> Result<ExitC
                         continue;
                     }
                 };
-                match c.call(Method::DELETE, &format!("/services/{}", enc(&id)), None).await {
+                match c
+                    .call(Method::DELETE, &format!("/services/{}", enc(&id)), None)
+                    .await
+                {
                     Ok(_) => {
                         if !detach {
                             gone(&c, &id).await?;
@@ -567,7 +600,12 @@ pub(crate) async fn run(host: Option<&str>, cmd: ServiceCommand) -> Result<ExitC
             tail,
         } => {
             let svc = inspect(&c, &service).await?;
-            let mut q = format!("/services/{}/logs?stdout=1&stderr=1&follow={}&timestamps={}", svc.id, u8::from(follow), u8::from(timestamps));
+            let mut q = format!(
+                "/services/{}/logs?stdout=1&stderr=1&follow={}&timestamps={}",
+                svc.id,
+                u8::from(follow),
+                u8::from(timestamps)
+            );
             if let Some(t) = tail {
                 q.push_str(&format!("&tail={t}"));
             }

@@ -218,7 +218,11 @@ pub(crate) fn logs_response(m: &Manager, service_id: &str, o: LogOptions) -> Res
     let (tx, body) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
         for e in lines {
-            if tx.send(e.docker_frame(o.details, o.timestamps)).await.is_err() {
+            if tx
+                .send(e.docker_frame(o.details, o.timestamps))
+                .await
+                .is_err()
+            {
                 return;
             }
         }

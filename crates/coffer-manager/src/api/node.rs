@@ -44,7 +44,12 @@ fn authorized(m: &Manager, req: &Request<Incoming>) -> bool {
     let want = m.node_token.as_bytes();
     let given = given.as_bytes();
     // Constant time over the token's length.
-    given.len() == want.len() && given.iter().zip(want).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    given.len() == want.len()
+        && given
+            .iter()
+            .zip(want)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
 }
 
 /// Serves the node protocol (HTTP/2) on `listener` until `shutdown` resolves.
@@ -117,7 +122,9 @@ async fn handle(m: Arc<Manager>, req: Request<Incoming>) -> Resp {
                 let lines: Vec<LogLine> = parse_json(&body, "task logs")?;
                 let t = m.tasks.lookup(&task)?;
                 if t.record.node_id != node {
-                    return Err(ControlError::Invalid(format!("task {task} is not assigned to node {node}")));
+                    return Err(ControlError::Invalid(format!(
+                        "task {task} is not assigned to node {node}"
+                    )));
                 }
                 m.logs.push(&t.record.service_id, &task, &node, lines);
                 json_response(StatusCode::NO_CONTENT, Bytes::new())
@@ -159,7 +166,19 @@ fn assignments_stream(m: &Arc<Manager>, node: String) -> Resp {
             match m.assignments(&node, &mut cache).await {
                 Ok(a) if last.as_ref() != Some(&a.tasks) => {
                     // Pre-sized and zeroized after sending: the message holds values.
-                    let mut buf = Zeroizing::new(Vec::with_capacity(64 * 1024 + a.tasks.iter().map(|t| t.secrets.iter().map(|s| s.value.0.len() + 512).sum::<usize>() + 1024).sum::<usize>()));
+                    let mut buf = Zeroizing::new(Vec::with_capacity(
+                        64 * 1024
+                            + a.tasks
+                                .iter()
+                                .map(|t| {
+                                    t.secrets
+                                        .iter()
+                                        .map(|s| s.value.0.len() + 512)
+                                        .sum::<usize>()
+                                        + 1024
+                                })
+                                .sum::<usize>(),
+                    ));
                     if serde_json::to_writer(&mut *buf, &a).is_err() {
                         continue;
                     }
@@ -171,7 +190,9 @@ fn assignments_stream(m: &Arc<Manager>, node: String) -> Resp {
                 }
                 Ok(_) => {}
                 Err(ControlError::Locked) => {}
-                Err(e) => tracing::warn!(error = %e, node = %node, "assignments could not be built"),
+                Err(e) => {
+                    tracing::warn!(error = %e, node = %node, "assignments could not be built")
+                }
             }
             tokio::select! {
                 _ = tasks.changed() => {}

@@ -16,7 +16,6 @@ use crate::audit::Actor;
 use crate::control::{ListFilters, Manager};
 use crate::error::ControlError;
 
-
 /// Strips a `/v1.NN` prefix.
 pub(crate) fn strip_version(path: &str) -> &str {
     if let Some(rest) = path.strip_prefix("/v") {
@@ -252,11 +251,22 @@ pub(crate) async fn handle(m: &Manager, actor: &Actor, req: Request<Incoming>) -
                 let flag = |k: &str| query_param(q, k).is_some_and(|v| v == "1" || v == "true");
                 let tail = query_param(q, "tail").and_then(|t| t.parse::<usize>().ok());
                 let (stdout, stderr) = (flag("stdout"), flag("stderr"));
-                let (stdout, stderr) = if stdout || stderr { (stdout, stderr) } else { (true, true) };
+                let (stdout, stderr) = if stdout || stderr {
+                    (stdout, stderr)
+                } else {
+                    (true, true)
+                };
                 super::logs_response(
                     m,
                     &entry.record.id,
-                    super::LogOptions { follow: flag("follow"), details: flag("details"), timestamps: flag("timestamps"), stdout, stderr, tail },
+                    super::LogOptions {
+                        follow: flag("follow"),
+                        details: flag("details"),
+                        timestamps: flag("timestamps"),
+                        stdout,
+                        stderr,
+                        tail,
+                    },
                 )
             }
             (&Method::GET, ["tasks"]) => {

@@ -22,8 +22,8 @@ use crate::view::View;
 
 pub(crate) use secrets::parse_json;
 pub use secrets::{open_version, ListFilters};
-pub use tasks::ValueCache;
 pub(crate) use services::replicas;
+pub use tasks::ValueCache;
 
 /// Where the manager keeps its state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -243,8 +243,18 @@ impl Manager {
             "service",
         )
         .await?;
-        let tasks = View::start(Arc::clone(&store), coffer_core::record::TASKS_PREFIX, "task").await?;
-        let nodes = View::start(Arc::clone(&store), coffer_core::record::NODES_PREFIX, "node").await?;
+        let tasks = View::start(
+            Arc::clone(&store),
+            coffer_core::record::TASKS_PREFIX,
+            "task",
+        )
+        .await?;
+        let nodes = View::start(
+            Arc::clone(&store),
+            coffer_core::record::NODES_PREFIX,
+            "node",
+        )
+        .await?;
         let audit = Audit::start(Arc::clone(&store));
         let node_token = zeroize::Zeroizing::new(format!(
             "{:032x}{:032x}",

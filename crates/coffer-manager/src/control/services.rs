@@ -318,13 +318,25 @@ impl Manager {
 /// grant extensions among them: a grant that comes back without them, for the same secret
 /// and target as before, keeps the ones it had (an env grant comes back with no `File`).
 fn carry_extensions(old: &ServiceSpec, new: &mut ServiceSpec) {
-    let old_refs = old.task_template.container_spec.secrets.as_deref().unwrap_or(&[]);
-    for r in new.task_template.container_spec.secrets.iter_mut().flatten() {
+    let old_refs = old
+        .task_template
+        .container_spec
+        .secrets
+        .as_deref()
+        .unwrap_or(&[]);
+    for r in new
+        .task_template
+        .container_spec
+        .secrets
+        .iter_mut()
+        .flatten()
+    {
         if r.coffer.is_some() {
             continue;
         }
         let same = old_refs.iter().find(|o| {
-            (o.secret_name == r.secret_name || (!r.secret_id.is_empty() && o.secret_id == r.secret_id))
+            (o.secret_name == r.secret_name
+                || (!r.secret_id.is_empty() && o.secret_id == r.secret_id))
                 && o.file.as_ref().map(|f| &f.name) == r.file.as_ref().map(|f| &f.name)
         });
         if let Some(o) = same {

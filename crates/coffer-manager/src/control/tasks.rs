@@ -109,7 +109,16 @@ impl Manager {
     pub(crate) fn holders(&self, secret_id: &str) -> Vec<SecretHolder> {
         let mut out = Vec::new();
         for s in self.services.all() {
-            if let Some(r) = s.record.spec.task_template.container_spec.secrets.iter().flatten().find(|r| r.secret_id == secret_id) {
+            if let Some(r) = s
+                .record
+                .spec
+                .task_template
+                .container_spec
+                .secrets
+                .iter()
+                .flatten()
+                .find(|r| r.secret_id == secret_id)
+            {
                 {
                     out.push(SecretHolder {
                         service: s.record.spec.name.clone(),
@@ -153,17 +162,31 @@ impl Manager {
     /// `GET /tasks` with Docker's filters: id, name, service, node, desired-state, label.
     pub fn list_tasks(&self, filters: Option<&str>) -> Result<Bytes, ControlError> {
         let f = match filters {
-            Some(j) if !j.is_empty() => parse_filter_map(j, "tasks", &["id", "name", "service", "node", "desired-state", "label"])?,
+            Some(j) if !j.is_empty() => parse_filter_map(
+                j,
+                "tasks",
+                &["id", "name", "service", "node", "desired-state", "label"],
+            )?,
             _ => BTreeMap::new(),
         };
         let get = |k: &str| f.get(k).map(Vec::as_slice).unwrap_or(&[]);
         let services: Vec<String> = get("service")
             .iter()
-            .map(|s| self.services.lookup(s).map(|e| e.record.id.clone()).unwrap_or_else(|_| s.clone()))
+            .map(|s| {
+                self.services
+                    .lookup(s)
+                    .map(|e| e.record.id.clone())
+                    .unwrap_or_else(|_| s.clone())
+            })
             .collect();
         let nodes: Vec<String> = get("node")
             .iter()
-            .map(|n| self.nodes.lookup(n).map(|e| e.record.id.clone()).unwrap_or_else(|_| n.clone()))
+            .map(|n| {
+                self.nodes
+                    .lookup(n)
+                    .map(|e| e.record.id.clone())
+                    .unwrap_or_else(|_| n.clone())
+            })
             .collect();
         for d in get("desired-state") {
             if !["running", "shutdown", "accepted"].contains(&d.as_str()) {
@@ -172,7 +195,9 @@ impl Manager {
                 )));
             }
         }
-        let any = |list: &[String], f: &dyn Fn(&str) -> bool| list.is_empty() || list.iter().any(|x| f(x));
+        let any = |list: &[String], f: &dyn Fn(&str) -> bool| {
+            list.is_empty() || list.iter().any(|x| f(x))
+        };
         let list: Vec<Value> = self
             .tasks
             .all()
@@ -185,7 +210,9 @@ impl Manager {
                     && any(get("name"), &|p| t.name.starts_with(p))
                     && any(&services, &|s| t.service_id == s)
                     && any(&nodes, &|n| t.node_id == n)
-                    && any(get("desired-state"), &|d| d == desired || (d == "accepted" && desired == "running"))
+                    && any(get("desired-state"), &|d| {
+                        d == desired || (d == "accepted" && desired == "running")
+                    })
                     && get("label").is_empty()
             })
             .map(|e| task_to_api(e))
@@ -255,7 +282,9 @@ impl Manager {
                 self.nodes.wait_for(kv.mod_revision).await;
             }
         }
-        Err(ControlError::Invalid(format!("node {hostname} changed concurrently; retry")))
+        Err(ControlError::Invalid(format!(
+            "node {hostname} changed concurrently; retry"
+        )))
     }
 
     /// Sets a node's state (`ready` when its agent connects, `down` when it goes away).
@@ -297,8 +326,9 @@ impl Manager {
                     key: key.to_owned(),
                 });
             };
-            let mut rec: R = serde_json::from_slice(&kv.value)
-                .map_err(|e| ControlError::Invalid(format!("stored record {key} is unreadable: {e}")))?;
+            let mut rec: R = serde_json::from_slice(&kv.value).map_err(|e| {
+                ControlError::Invalid(format!("stored record {key} is unreadable: {e}"))
+            })?;
             if !change(&mut rec) {
                 return Ok(None);
             }
@@ -306,7 +336,10 @@ impl Manager {
                 .store
                 .txn(Txn {
                     compares: vec![Compare::ModRevision(key.to_owned(), kv.mod_revision)],
-                    success: vec![Op::Put(key.to_owned(), serde_json::to_vec(&rec).unwrap_or_default())],
+                    success: vec![Op::Put(
+                        key.to_owned(),
+                        serde_json::to_vec(&rec).unwrap_or_default(),
+                    )],
                     failure: vec![],
                 })
                 .await?;
@@ -381,7 +414,11 @@ impl Manager {
                 name: t.name.clone(),
                 service_id: t.service_id.clone(),
                 desired: Some(t.desired),
-                state: Some(if t.state >= TaskState::Starting { TaskState::Starting } else { TaskState::Assigned }),
+                state: Some(if t.state >= TaskState::Starting {
+                    TaskState::Starting
+                } else {
+                    TaskState::Assigned
+                }),
                 command,
                 env: c.env.clone().unwrap_or_default(),
                 user: c.user.clone().filter(|u| !u.is_empty()),
@@ -410,7 +447,9 @@ impl Manager {
                     let value = match cache.values.get(&key) {
                         Some(v) => Arc::clone(v),
                         None => {
-                            let v = Arc::new(open_version(&*self.store, &keys, &secret.record, version).await?);
+                            let v = Arc::new(
+                                open_version(&*self.store, &keys, &secret.record, version).await?,
+                            );
                             cache.values.insert(key.clone(), Arc::clone(&v));
                             v
                         }
@@ -439,7 +478,15 @@ fn delivered_version(grant: &Grant, t: &TaskRecord, current: u32) -> u32 {
         return v;
     }
     if grant.on_rotate == OnRotate::Restart {
-        if let Some(id) = t.spec.container_spec.secrets.iter().flatten().find(|r| r.secret_name == grant.source.as_str()).map(|r| &r.secret_id) {
+        if let Some(id) = t
+            .spec
+            .container_spec
+            .secrets
+            .iter()
+            .flatten()
+            .find(|r| r.secret_name == grant.source.as_str())
+            .map(|r| &r.secret_id)
+        {
             if let Some(v) = t.versions.get(id) {
                 return *v;
             }
