@@ -129,13 +129,11 @@ impl Shared {
             .clone()
     }
 
+    /// Writes the process table; the lock is held while writing, so concurrent saves
+    /// cannot interleave (they share one temporary file).
     fn save_procs(&self) {
-        let procs = self
-            .procs
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        let data = serde_json::to_vec(&procs).unwrap_or_default();
+        let procs = self.procs.lock().unwrap_or_else(PoisonError::into_inner);
+        let data = serde_json::to_vec(&*procs).unwrap_or_default();
         if let Err(e) = coffer_crypto::keyring::write_private(&self.cfg.state_file, &data) {
             tracing::warn!(error = %e, "could not save the agent state file");
         }
@@ -317,7 +315,7 @@ pub async fn run(
             }
         };
         tracing::info!(node = %shared.node_id(), "agent connected");
-        let mut buf = LineBuffer::default();
+        let mut buf = LineBuffer::unbounded();
         loop {
             tokio::select! {
                 () = &mut shutdown => break 'session,

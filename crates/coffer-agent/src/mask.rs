@@ -63,9 +63,19 @@ impl Masker {
 #[derive(Debug, Default)]
 pub struct LineBuffer {
     buf: Zeroizing<Vec<u8>>,
+    /// No cut at [`MAX_LINE`] (protocol messages, which are whole JSON documents).
+    unbounded: bool,
 }
 
 impl LineBuffer {
+    /// A splitter that never cuts a line (for protocol messages).
+    pub fn unbounded() -> Self {
+        Self {
+            buf: Zeroizing::default(),
+            unbounded: true,
+        }
+    }
+
     /// Appends `data`; returns the complete lines (without newlines).
     pub fn push(&mut self, data: &[u8]) -> Vec<Zeroizing<Vec<u8>>> {
         self.buf.extend_from_slice(data);
@@ -78,7 +88,7 @@ impl LineBuffer {
             self.buf.drain(..=pos);
             lines.push(line);
         }
-        if self.buf.len() > MAX_LINE {
+        if !self.unbounded && self.buf.len() > MAX_LINE {
             lines.push(Zeroizing::new(std::mem::take(&mut *self.buf)));
         }
         lines
@@ -126,5 +136,18 @@ mod tests {
         assert_eq!(l[1].as_slice(), b"next");
         assert_eq!(b.finish().unwrap().as_slice(), b"rest");
         assert!(b.finish().is_none());
+    }
+
+    #[test]
+    fn protocol_messages_are_never_cut() {
+        // An assignments message for 120 tasks is well over MAX_LINE; cutting it lost
+        // tasks (found by bench/tasks: 5 of 120 tasks never started).
+        let big = vec![b'x'; MAX_LINE * 3];
+        let mut u = LineBuffer::unbounded();
+        assert!(u.push(&big).is_empty());
+        let l = u.push(b"\n");
+        assert_eq!((l.len(), l[0].len()), (1, MAX_LINE * 3));
+        let mut b = LineBuffer::default();
+        assert_eq!(b.push(&big).len(), 1, "output lines are cut");
     }
 }
