@@ -11,10 +11,14 @@
 //! - [`audit`]: the hash-chained audit trail.
 //! - [`keys`]: keyring file, lock state, unlock key.
 //! - [`error`]: [`ControlError`] and its HTTP mapping.
+//! - [`scheduler`]: services -> tasks on nodes (`plan` is pure; `run` applies it).
+//! - [`logs`]: masked task output sent by the agents, kept per service in memory.
+//! - [`api::node`]: the node listener (HTTP/2): registration, assignments, status, logs.
 //!
 //! # Current limitations
-//! - The API listens on a unix socket only; TCP with mutual TLS comes with remote agents.
-//! - Services, tasks and nodes are not implemented yet.
+//! - The API listens on unix sockets only; TCP with mutual TLS comes with remote agents.
+//! - One scheduler per cluster: several managers on etcd would each run one (no leader
+//!   election yet).
 #![warn(missing_docs)]
 
 pub mod api;
