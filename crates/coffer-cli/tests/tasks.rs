@@ -633,3 +633,26 @@ fn kill_9_then_restart_cleans_up_and_reconciles() {
     let new = running_pids(&s, "w")[0];
     assert_eq!(in_task(new, "/run/secrets/k").unwrap(), b"KKKK-value");
 }
+
+#[test]
+fn start_first_update_starts_the_new_task_before_stopping_the_old() {
+    if !root() {
+        return;
+    }
+    let s = Server::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("events");
+    let cmd = format!(
+        "echo start $$ >> {l}; trap 'echo stop $$ >> {l}; exit 0' TERM; while :; do sleep 0.05; done",
+        l = log.display()
+    );
+    ok(&s.cli(&["service", "create", "--name", "sf", "--", "sh", "-c", &cmd], None));
+    ok(&s.cli(&["service", "update", "sf", "--update-order", "start-first", "--env-add", "X=1"], None));
+    let events = std::fs::read_to_string(&log).unwrap();
+    let ev: Vec<(&str, &str)> = events.lines().map(|l| l.split_once(' ').unwrap()).collect();
+    assert_eq!(ev.len(), 3, "{events}");
+    assert_eq!((ev[0].0, ev[1].0, ev[2].0), ("start", "start", "stop"), "{events}");
+    assert_eq!(ev[2].1, ev[0].1, "the old task stops last: {events}");
+    let err = fails(&s.cli(&["service", "update", "sf", "--update-order", "sideways"], None));
+    assert!(err.contains("use stop-first or start-first"), "{err}");
+}

@@ -62,6 +62,9 @@ pub struct ServiceIntent {
     /// Secret id -> current version, for grants that rotate by `restart`: a task given
     /// another version is replaced like a task of an older revision.
     pub restart_versions: BTreeMap<String, u32>,
+    /// Replace a task by starting the new one first (`UpdateConfig.Order: start-first`):
+    /// the old one stops once the new one runs.
+    pub start_first: bool,
 }
 
 /// Whether a task must be replaced: made from an older service revision, or holding an
@@ -174,7 +177,7 @@ pub fn plan(
         }
         for slot in 1..=s.replicas {
             let in_slot: Vec<&&TaskRecord> = ts.iter().filter(|t| t.slot == slot).collect();
-            let live = in_slot.iter().find(|t| t.desired == TaskState::Running);
+            let mut live = in_slot.iter().find(|t| t.desired == TaskState::Running);
             let attempts = in_slot.iter().map(|t| t.attempt).max().unwrap_or(0);
             let mut create = |actions: &mut Vec<Action>, attempt: u64| {
                 let Some(node) = ready.iter().min_by_key(|n| {
@@ -197,6 +200,34 @@ pub fn plan(
                     attempt,
                 });
             };
+            if s.start_first {
+                let fresh = in_slot
+                    .iter()
+                    .find(|t| t.desired == TaskState::Running && !outdated(s, t));
+                let old = in_slot.iter().find(|t| {
+                    t.desired == TaskState::Running && outdated(s, t) && !t.state.is_terminal()
+                });
+                if let Some(o) = old {
+                    match fresh {
+                        None => {
+                            if !replacing {
+                                replacing = true;
+                                create(&mut actions, 0);
+                            }
+                            continue;
+                        }
+                        Some(f) => {
+                            if f.state == TaskState::Running {
+                                replacing = true;
+                                actions.push(Action::Shutdown {
+                                    task_id: o.id.clone(),
+                                });
+                            }
+                            live = Some(f);
+                        }
+                    }
+                }
+            }
             match live {
                 Some(t) if t.state.is_terminal() => {
                     let restart = match s.condition {
@@ -286,6 +317,12 @@ fn intent(m: &Manager, e: &Entry<ServiceRecord>) -> ServiceIntent {
             .map_or(DEFAULT_RESTART_DELAY, Duration::from_nanos),
         max_attempts: rp.max_attempts.unwrap_or(0),
         restart_versions,
+        start_first: spec
+            .other
+            .get("UpdateConfig")
+            .and_then(|u| u.get("Order"))
+            .and_then(serde_json::Value::as_str)
+            == Some("start-first"),
     }
 }
 
@@ -450,6 +487,7 @@ mod tests {
             delay: Duration::from_secs(1),
             max_attempts: 0,
             restart_versions: BTreeMap::new(),
+            start_first: false,
         }
     }
 
@@ -644,5 +682,97 @@ mod tests {
             .filter(|x| matches!(x, Action::Delete { .. }))
             .collect();
         assert_eq!(deleted.len(), 3);
+    }
+
+    #[test]
+    fn start_first_runs_the_new_task_before_stopping_the_old() {
+        let n = [node("n1")];
+        let mut s = svc(2, 2);
+        s.start_first = true;
+        let old1 = task(
+            "old1",
+            1,
+            "n1",
+            TaskState::Running,
+            TaskState::Running,
+            1,
+            0,
+        );
+        let old2 = task(
+            "old2",
+            2,
+            "n1",
+            TaskState::Running,
+            TaskState::Running,
+            1,
+            0,
+        );
+        // First: one new task, nothing stopped.
+        let a = plan(
+            std::slice::from_ref(&s),
+            &[old1.clone(), old2.clone()],
+            &n,
+            SystemTime::now(),
+        );
+        assert_eq!(creates(&a), vec![(1, "n1".to_owned(), 0)]);
+        assert!(
+            !a.iter().any(|x| matches!(x, Action::Shutdown { .. })),
+            "{a:?}"
+        );
+        // While the new one starts: nothing more (one slot at a time).
+        let new1 = task(
+            "new1",
+            1,
+            "n1",
+            TaskState::Running,
+            TaskState::Starting,
+            2,
+            0,
+        );
+        let a = plan(
+            std::slice::from_ref(&s),
+            &[old1.clone(), old2.clone(), new1.clone()],
+            &n,
+            SystemTime::now(),
+        );
+        assert!(a.is_empty(), "{a:?}");
+        // Once it runs, the old one stops.
+        let mut new1 = new1;
+        new1.state = TaskState::Running;
+        let a = plan(
+            std::slice::from_ref(&s),
+            &[old1, old2, new1],
+            &n,
+            SystemTime::now(),
+        );
+        assert_eq!(
+            a,
+            vec![Action::Shutdown {
+                task_id: "old1".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn restart_grant_rotation_replaces_the_task() {
+        let n = [node("n1")];
+        let mut s = svc(1, 1);
+        s.restart_versions.insert("sec".into(), 2);
+        let mut t = task("t1", 1, "n1", TaskState::Running, TaskState::Running, 1, 0);
+        t.versions.insert("sec".into(), 1);
+        let a = plan(
+            std::slice::from_ref(&s),
+            std::slice::from_ref(&t),
+            &n,
+            SystemTime::now(),
+        );
+        assert_eq!(
+            a,
+            vec![Action::Shutdown {
+                task_id: "t1".into()
+            }]
+        );
+        t.versions.insert("sec".into(), 2);
+        assert!(plan(&[s], &[t], &n, SystemTime::now()).is_empty());
     }
 }

@@ -112,9 +112,9 @@ pub(crate) enum ServiceCommand {
         /// Remove an environment variable by name (repeatable).
         #[arg(long)]
         env_rm: Vec<String>,
-        /// Update order: stop-first (start-first is not supported yet).
-        #[arg(long, default_value = "stop-first")]
-        update_order: String,
+        /// Update order: stop-first, or start-first (the new task runs before the old stops).
+        #[arg(long)]
+        update_order: Option<String>,
         /// Replace the tasks even if nothing changed.
         #[arg(long)]
         force: bool,
@@ -504,11 +504,20 @@ pub(crate) async fn run(host: Option<&str>, cmd: ServiceCommand) -> Result<ExitC
             force,
             detach,
         } => {
-            if update_order != "stop-first" {
-                bail!("--update-order {update_order:?} is not supported yet; coffer replaces tasks stop-first");
-            }
             let svc = inspect(&c, &service).await?;
             let mut spec: ServiceSpec = svc.spec.clone();
+            if let Some(order) = update_order {
+                if order != "stop-first" && order != "start-first" {
+                    bail!("--update-order {order:?} is invalid; use stop-first or start-first");
+                }
+                let mut uc = spec
+                    .other
+                    .get("UpdateConfig")
+                    .cloned()
+                    .unwrap_or_else(|| json!({}));
+                uc["Order"] = json!(order);
+                spec.other.insert("UpdateConfig".into(), uc);
+            }
             if let Some(r) = r {
                 let n = replicas(&r)?;
                 spec.mode
