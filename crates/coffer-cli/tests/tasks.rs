@@ -588,6 +588,15 @@ fn run_passes_output_and_exit_code_through() {
     );
     let o = s.cli(&["run", "--", "/no/such/cmd"], None);
     assert_eq!(o.status.code(), Some(127));
+    // A lot of output, quickly: every line arrives, in order.
+    let o = s.cli(&["run", "--", "seq", "1", "20000"], None);
+    let out = ok(&o);
+    let want: String = (1..=20000).map(|i| format!("{i}\n")).collect();
+    assert!(
+        out == want,
+        "lines lost or reordered: got {} lines",
+        out.lines().count()
+    );
 }
 
 #[test]
@@ -646,13 +655,34 @@ fn start_first_update_starts_the_new_task_before_stopping_the_old() {
         "echo start $$ >> {l}; trap 'echo stop $$ >> {l}; exit 0' TERM; while :; do sleep 0.05; done",
         l = log.display()
     );
-    ok(&s.cli(&["service", "create", "--name", "sf", "--", "sh", "-c", &cmd], None));
-    ok(&s.cli(&["service", "update", "sf", "--update-order", "start-first", "--env-add", "X=1"], None));
+    ok(&s.cli(
+        &["service", "create", "--name", "sf", "--", "sh", "-c", &cmd],
+        None,
+    ));
+    ok(&s.cli(
+        &[
+            "service",
+            "update",
+            "sf",
+            "--update-order",
+            "start-first",
+            "--env-add",
+            "X=1",
+        ],
+        None,
+    ));
     let events = std::fs::read_to_string(&log).unwrap();
     let ev: Vec<(&str, &str)> = events.lines().map(|l| l.split_once(' ').unwrap()).collect();
     assert_eq!(ev.len(), 3, "{events}");
-    assert_eq!((ev[0].0, ev[1].0, ev[2].0), ("start", "start", "stop"), "{events}");
+    assert_eq!(
+        (ev[0].0, ev[1].0, ev[2].0),
+        ("start", "start", "stop"),
+        "{events}"
+    );
     assert_eq!(ev[2].1, ev[0].1, "the old task stops last: {events}");
-    let err = fails(&s.cli(&["service", "update", "sf", "--update-order", "sideways"], None));
+    let err = fails(&s.cli(
+        &["service", "update", "sf", "--update-order", "sideways"],
+        None,
+    ));
     assert!(err.contains("use stop-first or start-first"), "{err}");
 }

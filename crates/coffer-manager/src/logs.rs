@@ -15,6 +15,8 @@ pub const LINES_PER_SERVICE: usize = 10_000;
 /// One line of a task's output.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogEntry {
+    /// Position in the manager's log stream (increasing).
+    pub seq: u64,
     /// Service id.
     pub service_id: String,
     /// Task id.
@@ -58,14 +60,20 @@ impl LogEntry {
 /// The log buffer.
 #[derive(Debug)]
 pub struct Logs {
-    per_service: Mutex<HashMap<String, VecDeque<Arc<LogEntry>>>>,
+    inner: Mutex<Inner>,
     tx: broadcast::Sender<Arc<LogEntry>>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    seq: u64,
+    per_service: HashMap<String, VecDeque<Arc<LogEntry>>>,
 }
 
 impl Default for Logs {
     fn default() -> Self {
         Self {
-            per_service: Mutex::new(HashMap::new()),
+            inner: Mutex::new(Inner::default()),
             tx: broadcast::channel(4096).0,
         }
     }
@@ -74,13 +82,13 @@ impl Default for Logs {
 impl Logs {
     /// Adds lines of one task.
     pub fn push(&self, service_id: &str, task_id: &str, node_id: &str, lines: Vec<LogLine>) {
-        let mut m = self
-            .per_service
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let q = m.entry(service_id.to_owned()).or_default();
+        let mut guard = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let inner = &mut *guard;
+        let q = inner.per_service.entry(service_id.to_owned()).or_default();
         for l in lines {
+            inner.seq += 1;
             let e = Arc::new(LogEntry {
+                seq: inner.seq,
                 service_id: service_id.to_owned(),
                 task_id: task_id.to_owned(),
                 node_id: node_id.to_owned(),
@@ -101,23 +109,31 @@ impl Logs {
         &self,
         service_id: &str,
     ) -> (Vec<Arc<LogEntry>>, broadcast::Receiver<Arc<LogEntry>>) {
-        let m = self
-            .per_service
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         let rx = self.tx.subscribe();
-        let lines = m
+        (self.kept(&inner, service_id, 0), rx)
+    }
+
+    /// The kept lines of a service after `seq` (a follower that fell behind catches up).
+    pub fn read_after(&self, service_id: &str, seq: u64) -> Vec<Arc<LogEntry>> {
+        let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        self.kept(&inner, service_id, seq)
+    }
+
+    fn kept(&self, inner: &Inner, service_id: &str, after: u64) -> Vec<Arc<LogEntry>> {
+        inner
+            .per_service
             .get(service_id)
-            .map(|q| q.iter().cloned().collect())
-            .unwrap_or_default();
-        (lines, rx)
+            .map(|q| q.iter().filter(|e| e.seq > after).cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Drops a removed service's lines.
     pub fn forget(&self, service_id: &str) {
-        self.per_service
+        self.inner
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+            .per_service
             .remove(service_id);
     }
 }
@@ -129,6 +145,7 @@ mod tests {
     #[test]
     fn docker_frames() {
         let e = LogEntry {
+            seq: 1,
             service_id: "s".into(),
             task_id: "t".into(),
             node_id: "n".into(),
@@ -159,16 +176,25 @@ mod tests {
             time: String::new(),
             line: format!("{i}"),
         };
+        logs.push("s", "t", "n", (0..3).map(line).collect());
+        assert_eq!(rx.try_recv().unwrap().line, "0");
         logs.push(
             "s",
             "t",
             "n",
-            (0..LINES_PER_SERVICE + 5).map(line).collect(),
+            (3..LINES_PER_SERVICE + 5).map(line).collect(),
         );
         let (kept, _) = logs.read("s");
         assert_eq!(kept.len(), LINES_PER_SERVICE);
         assert_eq!(kept[0].line, "5");
-        assert_eq!(rx.try_recv().unwrap().line, "0");
+        // A follower that lagged catches up from the kept lines.
+        assert!(matches!(
+            rx.try_recv(),
+            Err(broadcast::error::TryRecvError::Lagged(_))
+        ));
+        let after = logs.read_after("s", kept[LINES_PER_SERVICE - 2].seq);
+        assert_eq!(after.len(), 1);
+        assert_eq!(after[0].line, format!("{}", LINES_PER_SERVICE + 4));
         logs.forget("s");
         assert!(logs.read("s").0.is_empty());
     }

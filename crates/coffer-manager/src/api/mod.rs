@@ -206,23 +206,28 @@ pub(crate) struct LogOptions {
 /// new lines as they come until the client goes away.
 pub(crate) fn logs_response(m: &Manager, service_id: &str, o: LogOptions) -> Resp {
     let (kept, mut rx) = m.logs.read(service_id);
-    let wanted = move |e: &crate::logs::LogEntry| {
-        e.service_id == service_id && ((e.stream == 1 && o.stdout) || (e.stream == 2 && o.stderr))
-    };
+    let logs = Arc::clone(&m.logs);
     let service_id = service_id.to_owned();
-    let mut lines: Vec<_> = kept.into_iter().filter(|e| wanted(e)).collect();
+    let mut lines = kept;
     if let Some(t) = o.tail {
         let skip = lines.len().saturating_sub(t);
         lines.drain(..skip);
     }
     let (tx, body) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
+        let mut last = 0;
+        // Sends a line the client asked for; false once the client has gone.
+        let send = async |e: &crate::logs::LogEntry, last: &mut u64| {
+            *last = e.seq;
+            let wanted = (e.stream == 1 && o.stdout) || (e.stream == 2 && o.stderr);
+            !wanted
+                || tx
+                    .send(e.docker_frame(o.details, o.timestamps))
+                    .await
+                    .is_ok()
+        };
         for e in lines {
-            if tx
-                .send(e.docker_frame(o.details, o.timestamps))
-                .await
-                .is_err()
-            {
+            if !send(&e, &mut last).await {
                 return;
             }
         }
@@ -232,14 +237,19 @@ pub(crate) fn logs_response(m: &Manager, service_id: &str, o: LogOptions) -> Res
         loop {
             tokio::select! {
                 r = rx.recv() => match r {
-                    Ok(e) if e.service_id == service_id && ((e.stream == 1 && o.stdout) || (e.stream == 2 && o.stderr)) => {
-                        if tx.send(e.docker_frame(o.details, o.timestamps)).await.is_err() {
+                    Ok(e) if e.service_id == service_id && e.seq > last => {
+                        if !send(&e, &mut last).await {
                             return;
                         }
                     }
                     Ok(_) => {}
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!(lost = n, "a log follower fell behind");
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        // Fell behind the fan-out: catch up from the kept lines.
+                        for e in logs.read_after(&service_id, last) {
+                            if !send(&e, &mut last).await {
+                                return;
+                            }
+                        }
                     }
                     Err(_) => return,
                 },

@@ -101,7 +101,7 @@ pub struct Manager {
     pub(crate) tasks: Arc<View<coffer_core::record::TaskRecord>>,
     pub(crate) nodes: Arc<View<coffer_core::record::NodeRecord>>,
     /// Task output sent by the nodes, masked.
-    pub logs: crate::logs::Logs,
+    pub logs: Arc<crate::logs::Logs>,
     /// Credential of the node listener (this boot only).
     pub(crate) node_token: zeroize::Zeroizing<String>,
     pub(crate) audit: Arc<Audit>,
@@ -270,7 +270,7 @@ impl Manager {
             services,
             tasks,
             nodes,
-            logs: crate::logs::Logs::default(),
+            logs: Arc::default(),
             node_token,
             audit,
             key_rotation: tokio::sync::RwLock::new(()),
