@@ -336,6 +336,61 @@ fn docker_service_commands() {
     let refs: serde_json::Value = serde_json::from_str(&refs).unwrap();
     assert_eq!(refs.as_array().unwrap().len(), 1);
     assert_eq!(refs[0]["File"]["Name"], "pw2");
+    if root {
+        // docker service logs (with and without timestamps) reads the masked output.
+        ok(&docker(
+            &bin,
+            &s,
+            &[
+                "service",
+                "create",
+                "--detach",
+                "--name",
+                "talk",
+                "--secret",
+                "db_password",
+                "busybox",
+                "sh",
+                "-c",
+                "echo hello-from-task; cat /run/secrets/db_password; echo; sleep 1000",
+            ],
+            None,
+        ));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let logs = ok(&docker(
+                &bin,
+                &s,
+                &["service", "logs", "--timestamps", "talk"],
+                None,
+            ));
+            if logs.contains("****") {
+                let l: Vec<&str> = logs.lines().collect();
+                assert_eq!(l.len(), 2, "{logs}");
+                assert!(
+                    l[0].starts_with("20")
+                        && l[0].contains(" talk.1.")
+                        && l[0].ends_with("| hello-from-task"),
+                    "{logs}"
+                );
+                assert!(l[1].ends_with(" ****"), "{logs}");
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "no logs: {logs}");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let plain = ok(&docker(
+            &bin,
+            &s,
+            &["service", "logs", "--no-task-ids", "talk"],
+            None,
+        ));
+        assert!(
+            plain.lines().next().unwrap().ends_with("| hello-from-task"),
+            "{plain}"
+        );
+        ok(&docker(&bin, &s, &["service", "rm", "talk"], None));
+    }
     ok(&docker(&bin, &s, &["service", "rm", "web"], None));
     // docker service rm returns at once; the secret is free once the tasks have stopped.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);

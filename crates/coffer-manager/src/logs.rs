@@ -33,18 +33,18 @@ pub struct LogEntry {
 
 impl LogEntry {
     /// The entry in Docker's multiplexed log stream: an 8-byte header (stream, size) and
-    /// `[details ][timestamp ]line\n`, details as `docker service logs` parses them.
+    /// `[timestamp ][details ]line\n`, in the order `docker service logs` parses them.
     pub fn docker_frame(&self, details: bool, timestamps: bool) -> Bytes {
         let mut payload = String::new();
+        if timestamps {
+            payload.push_str(&self.time);
+            payload.push(' ');
+        }
         if details {
             payload.push_str(&format!(
                 "com.docker.swarm.node.id={},com.docker.swarm.service.id={},com.docker.swarm.task.id={} ",
                 self.node_id, self.service_id, self.task_id
             ));
-        }
-        if timestamps {
-            payload.push_str(&self.time);
-            payload.push(' ');
         }
         payload.push_str(&self.line);
         payload.push('\n');
@@ -159,7 +159,7 @@ mod tests {
         let text = std::str::from_utf8(&f[8..]).unwrap();
         assert_eq!(
             text,
-            "com.docker.swarm.node.id=n,com.docker.swarm.service.id=s,com.docker.swarm.task.id=t 2026-01-01T00:00:00Z hello\n"
+            "2026-01-01T00:00:00Z com.docker.swarm.node.id=n,com.docker.swarm.service.id=s,com.docker.swarm.task.id=t hello\n"
         );
         assert_eq!(
             usize::try_from(u32::from_be_bytes([f[4], f[5], f[6], f[7]])).unwrap(),
