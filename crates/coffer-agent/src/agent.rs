@@ -501,10 +501,9 @@ async fn supervise(shared: &Arc<Shared>, t: Assignment, mut ctl: mpsc::Unbounded
         r.err = err;
         r
     };
-    if !nix::unistd::geteuid().is_root() {
-        shared.report(&id, fail(TaskState::Rejected, "rejected", "the exec driver needs root to mount memory-only storage and a private mount namespace; run the agent (coffer dev) as root. Secrets are never written to a disk instead".into())).await;
-        return;
-    }
+    // Root: the agent mounts the task's ramfs. Otherwise the helper makes it inside a
+    // user namespace of its own, from files the agent sends on its standard input.
+    let userns = !nix::unistd::geteuid().is_root();
     let mut masker = Masker::default();
     let d = match decode(&t.secrets, &mut masker) {
         Ok(d) => d,
@@ -521,10 +520,19 @@ async fn supervise(shared: &Arc<Shared>, t: Assignment, mut ctl: mpsc::Unbounded
         .collect();
     let mounter = Arc::clone(&cfg.mounter);
     let (base, tid) = (cfg.base_dir.clone(), id.clone());
-    let files = d.files;
-    let secrets =
-        tokio::task::spawn_blocking(move || TaskSecrets::create(&*mounter, &base, &tid, &files))
-            .await;
+    let (files, stdin_files) = if userns {
+        (Vec::new(), Some(files_message(&d.files)))
+    } else {
+        (d.files, None)
+    };
+    let secrets = if userns {
+        Ok(Ok(Files::Namespaced))
+    } else {
+        tokio::task::spawn_blocking(move || {
+            TaskSecrets::create(&*mounter, &base, &tid, &files).map(Files::Mounted)
+        })
+        .await
+    };
     let secrets = match secrets {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
@@ -539,11 +547,18 @@ async fn supervise(shared: &Arc<Shared>, t: Assignment, mut ctl: mpsc::Unbounded
         }
     };
     let mut cmd = tokio::process::Command::new(&cfg.helper);
-    cmd.arg("task-exec")
-        .arg("--secrets-dir")
-        .arg(secrets.dir())
-        .arg("--hide")
-        .arg(&cfg.base_dir);
+    cmd.arg("task-exec");
+    match &secrets {
+        Files::Mounted(m) => {
+            cmd.arg("--secrets-dir")
+                .arg(m.dir())
+                .arg("--hide")
+                .arg(&cfg.base_dir);
+        }
+        Files::Namespaced => {
+            cmd.arg("--userns");
+        }
+    }
     if let Some(u) = &t.user {
         cmd.arg("--user").arg(u);
     }
@@ -557,9 +572,13 @@ async fn supervise(shared: &Arc<Shared>, t: Assignment, mut ctl: mpsc::Unbounded
         use std::os::unix::ffi::OsStrExt;
         cmd.env(k, std::ffi::OsStr::from_bytes(v));
     }
-    cmd.stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
+    cmd.stdin(if userns {
+        std::process::Stdio::piped()
+    } else {
+        std::process::Stdio::null()
+    })
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
     let child = cmd.spawn();
     drop(cmd); // the command held env values
     let mut child = match child {
@@ -578,6 +597,11 @@ async fn supervise(shared: &Arc<Shared>, t: Assignment, mut ctl: mpsc::Unbounded
                 .await;
         }
     };
+    if let (Some(mut stdin), Some(msg)) = (child.stdin.take(), stdin_files) {
+        use tokio::io::AsyncWriteExt;
+        let _ = stdin.write_all(&msg).await;
+        // Dropped: the helper reads to the end, then the workload finds end of file.
+    }
     let pid = child.id().unwrap_or(0);
     let proc = tokio::task::spawn_blocking(move || TaskProcess::track(pid))
         .await
@@ -680,7 +704,41 @@ async fn supervise(shared: &Arc<Shared>, t: Assignment, mut ctl: mpsc::Unbounded
     shared.report(&id, r).await;
 }
 
-async fn remove_secrets(cfg: &AgentConfig, secrets: TaskSecrets) {
+/// Where a task's files are.
+enum Files {
+    /// The agent's own mount (root).
+    Mounted(TaskSecrets),
+    /// Inside the task's user and mount namespaces; gone with them.
+    Namespaced,
+}
+
+/// The user-namespace helper's input: the files, values in base64, in a zeroizing buffer.
+fn files_message(files: &[SecretFile]) -> Zeroizing<Vec<u8>> {
+    let mut out = Zeroizing::new(Vec::with_capacity(
+        files.iter().map(|f| f.value.len() * 2 + 256).sum::<usize>() + 16,
+    ));
+    out.push(b'[');
+    for (i, f) in files.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let head = serde_json::json!({"Target": f.target.as_str(), "Uid": f.uid, "Gid": f.gid, "Mode": f.mode});
+        let head = serde_json::to_vec(&head).unwrap_or_default();
+        out.extend_from_slice(&head[..head.len() - 1]);
+        out.extend_from_slice(b",\"Value\":\"");
+        let mut b64 = Zeroizing::new(String::with_capacity(f.value.len() * 4 / 3 + 4));
+        STANDARD.encode_string(f.value.expose(), &mut b64);
+        out.extend_from_slice(b64.as_bytes());
+        out.extend_from_slice(b"\"}");
+    }
+    out.push(b']');
+    out
+}
+
+async fn remove_secrets(cfg: &AgentConfig, secrets: Files) {
+    let Files::Mounted(secrets) = secrets else {
+        return;
+    };
     let mounter = Arc::clone(&cfg.mounter);
     let r = tokio::task::spawn_blocking(move || secrets.remove(&*mounter)).await;
     if let Ok(Err(e)) = r {
@@ -735,7 +793,7 @@ async fn stop_tree(
 async fn rotate(
     shared: &Arc<Shared>,
     id: &str,
-    secrets: &TaskSecrets,
+    secrets: &Files,
     proc: &TaskProcess,
     grants: &mut [(Grant, u32, String)],
     masker: &Arc<Mutex<Masker>>,
@@ -781,7 +839,24 @@ async fn rotate(
                 mode: *mode,
                 value,
             };
-            if let Err(e) = secrets.update(&file) {
+            let written = match secrets {
+                Files::Mounted(m) => m.update(&file).map_err(|e| e.to_string()),
+                Files::Namespaced => {
+                    // Through the task's root: its own mount namespace, owned by our user.
+                    let dir = PathBuf::from(format!(
+                        "/proc/{}/root{}",
+                        proc.pid,
+                        crate::exec::USERNS_STAGING
+                    ));
+                    let mut file = file;
+                    file.uid = nix::unistd::geteuid().as_raw();
+                    file.gid = nix::unistd::getegid().as_raw();
+                    crate::files::write_secret(&dir, &file)
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                }
+            };
+            if let Err(e) = written {
                 tracing::error!(task = id, error = %e, "rotation could not replace a secret file");
                 continue;
             }

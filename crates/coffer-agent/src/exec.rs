@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nix::mount::{mount, MsFlags};
+
+use crate::files::SecretFile;
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::{setgid, setgroups, setsid, setuid, Gid, Pid, Uid};
@@ -30,6 +32,9 @@ pub enum ExecError {
         /// The error.
         source: nix::Error,
     },
+    /// The task cannot run as asked; the message says why.
+    #[error("{0}")]
+    Refused(String),
     /// A directory could not be made.
     #[error("cannot create {path}: {source}")]
     Dir {
@@ -181,4 +186,113 @@ impl TaskProcess {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// Where the secrets filesystem is mounted inside a user-namespace task (bound read-only at
+/// `/run/secrets`); the agent rotates files here through `/proc/<pid>/root`.
+pub const USERNS_STAGING: &str = "/run/.coffer-secrets";
+
+/// The exec driver without root: in the calling process, a new user namespace (the task's
+/// `uid:gid` inside mapped to the caller's ids outside, nothing else mapped) and mount
+/// namespace; a private tmpfs on `/run`; the task's files on a memory-only filesystem
+/// (ramfs, else a size-capped tmpfs) bound read-only at `/run/secrets`; a new session.
+///
+/// Only the task's own ids exist in the namespace: a file grant with another owner is
+/// refused (0, Docker's default, means the task's user).
+pub fn enter_user_namespace(uid: u32, gid: u32, files: &mut [SecretFile]) -> Result<(), ExecError> {
+    use nix::unistd::{getegid, geteuid};
+    for f in files.iter_mut() {
+        if f.uid == 0 {
+            f.uid = uid;
+        }
+        if f.gid == 0 {
+            f.gid = gid;
+        }
+        if f.uid != uid || f.gid != gid {
+            return Err(ExecError::Refused(format!(
+                "grant {} asks for owner {}:{}, but without root a task has only its own user ({uid}:{gid}); run coffer as root, or make --user match",
+                f.target.as_str(),
+                f.uid,
+                f.gid
+            )));
+        }
+    }
+    let (outer_uid, outer_gid) = (geteuid().as_raw(), getegid().as_raw());
+    unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS).map_err(sys(
+        "cannot create a user namespace (needed without root; unprivileged user namespaces may be disabled: see sysctl user.max_user_namespaces), and cannot use the root driver either; run coffer as root",
+    ))?;
+    let write = |path: &str, text: String| {
+        // A /proc control file, written in place (never a secret).
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()))
+            .map_err(|source| ExecError::Dir {
+                path: PathBuf::from(path),
+                source,
+            })
+    };
+    write("/proc/self/setgroups", "deny".into())?;
+    write("/proc/self/uid_map", format!("{uid} {outer_uid} 1"))?;
+    write("/proc/self/gid_map", format!("{gid} {outer_gid} 1"))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(sys("cannot make mounts private"))?;
+    mount(
+        Some("coffer-run"),
+        "/run",
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("size=1m,mode=0755"),
+    )
+    .map_err(sys("cannot mount a private /run"))?;
+    let staging = Path::new(USERNS_STAGING);
+    let target = Path::new(SECRETS_MOUNT);
+    for d in [staging, target] {
+        std::fs::create_dir(d).map_err(|source| ExecError::Dir {
+            path: d.to_owned(),
+            source,
+        })?;
+    }
+    let size: u64 = files.iter().map(|f| f.value.len() as u64).sum::<u64>() + 64 * 1024;
+    let flags = ro_data_flags();
+    if mount(
+        Some("coffer-secrets"),
+        staging,
+        Some("ramfs"),
+        flags,
+        Some("mode=0755"),
+    )
+    .is_err()
+    {
+        mount(
+            Some("coffer-secrets"),
+            staging,
+            Some("tmpfs"),
+            flags,
+            Some(format!("mode=0755,size={size}").as_str()),
+        )
+        .map_err(sys("cannot mount memory-only storage for /run/secrets"))?;
+    }
+    for f in files.iter() {
+        crate::files::write_secret(staging, f).map_err(|e| ExecError::Refused(e.to_string()))?;
+    }
+    mount(
+        Some(staging),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(sys("cannot bind /run/secrets"))?;
+    let ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | ro_data_flags();
+    mount(None::<&str>, target, None::<&str>, ro, None::<&str>)
+        .map_err(sys("cannot make /run/secrets read-only"))?;
+    setsid().map_err(sys("cannot start a session"))?;
+    Ok(())
 }

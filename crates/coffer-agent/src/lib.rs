@@ -17,8 +17,7 @@
 //!   status and log shipping, crash recovery.
 //!
 //! # Current limitations
-//! - The exec driver needs root; without it tasks are rejected with that reason (a
-//!   user-namespace driver is planned). There is no container (image) driver yet.
+//! - There is no container (image) driver yet: tasks run as host processes.
 #![warn(missing_docs)]
 
 pub mod agent;

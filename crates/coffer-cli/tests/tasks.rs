@@ -686,3 +686,73 @@ fn start_first_update_starts_the_new_task_before_stopping_the_old() {
     ));
     assert!(err.contains("use stop-first or start-first"), "{err}");
 }
+
+/// Without root, the exec driver uses a user namespace: the same /run/secrets (memory-only,
+/// read-only, the grant's mode), live rotation, nothing left after stop. Run as uid 1000.
+#[test]
+fn without_root_a_user_namespace_driver() {
+    if !root() {
+        return;
+    }
+    let s = Server::start_as(1000, 1000);
+    s.create("pw", b"USERNS-CANARY-1");
+    ok(&s.cli(
+        &["service", "create", "--name", "u", "--secret", "source=pw,mode=0400", "--secret", "source=pw,target=live,on-rotate=live",
+          "--", "sh", "-c", "touch /run/secrets/x 2>/dev/null && echo WRITABLE; cat /run/secrets/pw; echo; exec sleep 1000"],
+        None,
+    ));
+    let pid = running_pids(&s, "u")[0];
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(
+        status.lines().any(|l| l.starts_with("Uid:\t1000\t")),
+        "runs as the server's user: {status}"
+    );
+    assert_eq!(in_task(pid, "/run/secrets/pw").unwrap(), b"USERNS-CANARY-1");
+    let meta = std::fs::metadata(format!("/proc/{pid}/root/run/secrets/pw")).unwrap();
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (1000, 0o400));
+    // Memory-only, and only in the task's namespace: nothing in the host's mount table.
+    let mounts = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    let line = mounts
+        .lines()
+        .find(|l| l.contains(" /run/secrets "))
+        .unwrap();
+    assert!(
+        line.contains(" - ramfs ") || line.contains(" - tmpfs "),
+        "{line}"
+    );
+    assert!(line.contains(" ro,"), "{line}");
+    assert!(!std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .contains("coffer-secrets"));
+    wait_until("output", || logs(&s, "u").contains("****"));
+    assert!(!logs(&s, "u").contains("WRITABLE") && !logs(&s, "u").contains("CANARY"));
+    ok(&s.cli(&["secret", "rotate", "pw", "-"], Some(b"USERNS-CANARY-2")));
+    wait_until("live rotation", || {
+        in_task(pid, "/run/secrets/live").ok().as_deref() == Some(b"USERNS-CANARY-2".as_slice())
+    });
+    assert_eq!(running_pids(&s, "u"), vec![pid]);
+    ok(&s.cli(&["service", "rm", "u"], None));
+    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
+    // An owner the namespace cannot have is refused with the reason.
+    let o = s.cli(
+        &[
+            "service",
+            "create",
+            "--name",
+            "bad",
+            "--restart-condition",
+            "none",
+            "--secret",
+            "source=pw,uid=5",
+            "--",
+            "true",
+        ],
+        None,
+    );
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("without root a task has only its own user"),
+        "{err}"
+    );
+}

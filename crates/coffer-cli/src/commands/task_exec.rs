@@ -14,12 +14,15 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 
 #[derive(Debug, Args)]
 pub(crate) struct TaskExecArgs {
-    /// The task's secret directory, shown as /run/secrets.
+    /// The task's secret directory, shown as /run/secrets (root driver).
+    #[arg(long, required_unless_present = "userns")]
+    secrets_dir: Option<PathBuf>,
+    /// The agent's directory of all tasks' mounts, hidden from the workload (root driver).
+    #[arg(long, required_unless_present = "userns")]
+    hide: Option<PathBuf>,
+    /// Without root: a user namespace; the files arrive as JSON on standard input.
     #[arg(long)]
-    secrets_dir: PathBuf,
-    /// The agent's directory of all tasks' mounts, hidden from the workload.
-    #[arg(long)]
-    hide: PathBuf,
+    userns: bool,
     /// UID[:GID] to run as.
     #[arg(long)]
     user: Option<String>,
@@ -49,8 +52,22 @@ pub(crate) fn run(a: TaskExecArgs) -> ExitCode {
         Ok(u) => u,
         Err(e) => return fail(e),
     };
-    if let Err(e) = coffer_agent::exec::enter_task_namespace(&a.secrets_dir, &a.hide) {
-        return fail(e.to_string());
+    let entered = match (&a.secrets_dir, &a.hide, a.userns) {
+        (_, _, true) => {
+            let (uid, gid) = user.unwrap_or((0, 0));
+            match read_files() {
+                Ok(mut files) => coffer_agent::exec::enter_user_namespace(uid, gid, &mut files)
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e),
+            }
+        }
+        (Some(dir), Some(hide), false) => {
+            coffer_agent::exec::enter_task_namespace(dir, hide).map_err(|e| e.to_string())
+        }
+        _ => Err("give --secrets-dir and --hide, or --userns".into()),
+    };
+    if let Err(e) = entered {
+        return fail(e);
     }
     if let Some(dir) = &a.workdir {
         if let Err(e) = std::env::set_current_dir(dir) {
@@ -60,7 +77,7 @@ pub(crate) fn run(a: TaskExecArgs) -> ExitCode {
             ));
         }
     }
-    if let Some((uid, gid)) = user {
+    if let Some((uid, gid)) = user.filter(|_| !a.userns) {
         if let Err(e) = coffer_agent::exec::become_user(uid, gid) {
             return fail(e.to_string());
         }
@@ -80,4 +97,46 @@ pub(crate) fn run(a: TaskExecArgs) -> ExitCode {
     }
     let err = cmd.exec();
     fail(format!("cannot run {program:?}: {err}"))
+}
+
+/// One file for the user-namespace driver, as the agent sends it on standard input.
+#[derive(serde::Deserialize)]
+struct FileMessage {
+    #[serde(rename = "Target")]
+    target: String,
+    #[serde(rename = "Uid")]
+    uid: u32,
+    #[serde(rename = "Gid")]
+    gid: u32,
+    #[serde(rename = "Mode")]
+    mode: u32,
+    #[serde(rename = "Value")]
+    value: coffer_core::api::Base64Value,
+}
+
+/// Reads the task's files from standard input (until the agent closes it; the workload
+/// then finds its standard input at end of file).
+fn read_files() -> Result<Vec<coffer_agent::SecretFile>, String> {
+    use base64::Engine;
+    use std::io::Read;
+    let mut buf = zeroize::Zeroizing::new(Vec::new());
+    std::io::stdin()
+        .read_to_end(&mut buf)
+        .map_err(|e| format!("cannot read the task's secrets: {e}"))?;
+    let msgs: Vec<FileMessage> = serde_json::from_slice(&buf)
+        .map_err(|_| "the task's secrets arrived damaged".to_owned())?;
+    msgs.into_iter()
+        .map(|m| {
+            let value = base64::engine::general_purpose::STANDARD
+                .decode(m.value.0.as_bytes())
+                .map_err(|_| "the task's secrets arrived damaged".to_owned())?;
+            Ok(coffer_agent::SecretFile {
+                target: coffer_agent::TargetName::new(&m.target).map_err(|e| e.to_string())?,
+                uid: m.uid,
+                gid: m.gid,
+                mode: m.mode,
+                value: coffer_crypto::SecretBytes::from_zeroizing(zeroize::Zeroizing::new(value)),
+            })
+        })
+        .collect()
 }

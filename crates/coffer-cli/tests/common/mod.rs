@@ -21,6 +21,8 @@ pub struct Server {
     pub extra: Vec<String>,
     pub log_level: String,
     starts: u32,
+    /// Run the server as this uid:gid (tests of the unprivileged driver).
+    pub run_as: Option<(u32, u32)>,
 }
 
 impl Server {
@@ -62,6 +64,23 @@ impl Server {
             extra: extra.iter().map(|x| (*x).to_owned()).collect(),
             log_level: log_level.to_owned(),
             starts: 0,
+            run_as: None,
+        };
+        s.restart();
+        s
+    }
+
+    /// Starts a server as another user (the test runs as root).
+    pub fn start_as(uid: u32, gid: u32) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).unwrap();
+        let mut s = Self {
+            dir,
+            child: None,
+            extra: Vec::new(),
+            log_level: "info".to_owned(),
+            starts: 0,
+            run_as: Some((uid, gid)),
         };
         s.restart();
         s
@@ -78,7 +97,12 @@ impl Server {
         let n = self.starts;
         let out = std::fs::File::create(self.dir.path().join(format!("out.{n}.log"))).unwrap();
         let err = std::fs::File::create(self.dir.path().join(format!("err.{n}.log"))).unwrap();
-        let child = Command::new(BIN)
+        let mut cmd = Command::new(BIN);
+        if let Some((uid, gid)) = self.run_as {
+            use std::os::unix::process::CommandExt;
+            cmd.uid(uid).gid(gid).env("HOME", self.dir.path());
+        }
+        let child = cmd
             .arg("server")
             .arg("--data-dir")
             .arg(self.data_dir())
