@@ -70,25 +70,7 @@ pub fn enter_task_namespace(secrets_dir: &Path, hide: &Path) -> Result<(), ExecE
         path: target.to_owned(),
         source,
     })?;
-    mount(
-        Some(secrets_dir),
-        target,
-        None::<&str>,
-        MsFlags::MS_BIND,
-        None::<&str>,
-    )
-    .map_err(sys(format!(
-        "cannot bind {} at {SECRETS_MOUNT}",
-        secrets_dir.display()
-    )))?;
-    let ro = MsFlags::MS_BIND
-        | MsFlags::MS_REMOUNT
-        | MsFlags::MS_RDONLY
-        | MsFlags::MS_NOSUID
-        | MsFlags::MS_NODEV
-        | MsFlags::MS_NOEXEC;
-    mount(None::<&str>, target, None::<&str>, ro, None::<&str>)
-        .map_err(sys("cannot make /run/secrets read-only"))?;
+    bind_read_only(secrets_dir, target)?;
     if !target.starts_with(hide) {
         mount(
             Some("coffer-hidden"),
@@ -101,6 +83,25 @@ pub fn enter_task_namespace(secrets_dir: &Path, hide: &Path) -> Result<(), ExecE
     }
     setsid().map_err(sys("cannot start a session"))?;
     Ok(())
+}
+
+/// Binds `source` at `target`, then makes the bind read-only, nosuid, nodev, noexec.
+fn bind_read_only(source: &Path, target: &Path) -> Result<(), ExecError> {
+    mount(
+        Some(source),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(sys(format!(
+        "cannot bind {} at {}",
+        source.display(),
+        target.display()
+    )))?;
+    let ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | ro_data_flags();
+    mount(None::<&str>, target, None::<&str>, ro, None::<&str>)
+        .map_err(sys(format!("cannot make {} read-only", target.display())))
 }
 
 fn ro_data_flags() -> MsFlags {
@@ -282,17 +283,7 @@ pub fn enter_user_namespace(uid: u32, gid: u32, files: &mut [SecretFile]) -> Res
     for f in files.iter() {
         crate::files::write_secret(staging, f).map_err(|e| ExecError::Refused(e.to_string()))?;
     }
-    mount(
-        Some(staging),
-        target,
-        None::<&str>,
-        MsFlags::MS_BIND,
-        None::<&str>,
-    )
-    .map_err(sys("cannot bind /run/secrets"))?;
-    let ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | ro_data_flags();
-    mount(None::<&str>, target, None::<&str>, ro, None::<&str>)
-        .map_err(sys("cannot make /run/secrets read-only"))?;
+    bind_read_only(staging, target)?;
     setsid().map_err(sys("cannot start a session"))?;
     Ok(())
 }

@@ -13,7 +13,6 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::os::unix::fs::MetadataExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -22,15 +21,7 @@ use coffer_agent::{LinuxMounter, SecretFile, TargetName, TaskSecrets};
 use coffer_crypto::SecretBytes;
 
 fn root() -> bool {
-    let is_root = std::fs::metadata("/proc/self").unwrap().uid() == 0;
-    if !is_root {
-        assert!(
-            std::env::var("COFFER_REQUIRE_ROOT").as_deref() != Ok("1"),
-            "COFFER_REQUIRE_ROOT=1 but not root"
-        );
-        eprintln!("SKIP: not root, so the exec driver is not tested (run as root)");
-    }
-    is_root
+    common::require_root("the exec driver is not tested")
 }
 
 /// Stops the task's whole tree when the test ends, passed or failed.

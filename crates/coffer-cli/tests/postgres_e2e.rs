@@ -23,7 +23,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::Server;
+use common::{ok, Server};
 
 fn pg_bin() -> Option<PathBuf> {
     let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
@@ -63,33 +63,8 @@ fn ready() -> Option<(PathBuf, u32, u32)> {
     }
 }
 
-fn ok(o: &std::process::Output) -> String {
-    assert!(
-        o.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
 fn logs(s: &Server, service: &str) -> String {
-    let (_, b) = s
-        .try_api(
-            "GET",
-            &format!("/services/{service}/logs?stdout=1&stderr=1"),
-            None,
-        )
-        .unwrap();
-    let mut out = String::new();
-    let mut i = 0;
-    while i + 8 <= b.len() {
-        let len = u32::from_be_bytes([b[i + 4], b[i + 5], b[i + 6], b[i + 7]]) as usize;
-        out.push_str(&String::from_utf8_lossy(&b[i + 8..i + 8 + len]));
-        i += 8 + len;
-    }
-    out
+    s.service_logs(service)
 }
 
 fn wait_for_log(s: &Server, service: &str, after: usize, want: &str, secs: u64) -> usize {

@@ -15,30 +15,11 @@ mod common;
 use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
-use common::Server;
+use common::{ok, Server};
 use serde_json::Value;
 
 fn root() -> bool {
-    let is_root = std::fs::metadata("/proc/self").unwrap().uid() == 0;
-    if !is_root {
-        assert!(
-            std::env::var("COFFER_REQUIRE_ROOT").as_deref() != Ok("1"),
-            "COFFER_REQUIRE_ROOT=1 but not root"
-        );
-        eprintln!("SKIP: not root, so services cannot run tasks here (run as root)");
-    }
-    is_root
-}
-
-fn ok(o: &std::process::Output) -> String {
-    assert!(
-        o.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
+    common::require_root("services cannot run tasks here")
 }
 
 fn fails(o: &std::process::Output) -> String {
@@ -88,23 +69,7 @@ fn running_pids(s: &Server, service: &str) -> Vec<u32> {
 }
 
 fn logs(s: &Server, service: &str) -> String {
-    let (st, b) = s
-        .try_api(
-            "GET",
-            &format!("/services/{service}/logs?stdout=1&stderr=1"),
-            None,
-        )
-        .unwrap();
-    assert_eq!(st, 200);
-    // Docker's multiplexed frames: 8-byte header, payload.
-    let mut out = String::new();
-    let mut i = 0;
-    while i + 8 <= b.len() {
-        let len = u32::from_be_bytes([b[i + 4], b[i + 5], b[i + 6], b[i + 7]]) as usize;
-        out.push_str(&String::from_utf8_lossy(&b[i + 8..i + 8 + len]));
-        i += 8 + len;
-    }
-    out
+    s.service_logs(service)
 }
 
 /// A task's view of a path, through its mount namespace.

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 use clap::Args;
-use coffer_core::api::ServiceCreateResponse;
 use http::Method;
 use serde_json::json;
 
@@ -43,15 +42,7 @@ pub(crate) async fn run(host: Option<&str>, a: RunArgs) -> Result<ExitCode> {
         json!({"Condition": "none"}),
         &["coffer.run=true".to_owned()],
     )?;
-    let b = c
-        .call(
-            Method::POST,
-            "/services/create",
-            Some(serde_json::to_vec(&body)?),
-        )
-        .await?;
-    let id: ServiceCreateResponse = serde_json::from_slice(&b)?;
-    let id = id.id;
+    let id = super::service::create(&c, &body).await?;
     let result = follow(&c, &id).await;
     // The one-off service goes whatever happened; its task has ended (or is stopped now).
     let _ = c

@@ -229,6 +229,19 @@ pub(crate) fn spec(
     }))
 }
 
+/// `POST /services/create`; returns the new service's id.
+pub(crate) async fn create(c: &Client, spec: &Value) -> Result<String> {
+    let b = c
+        .call(
+            Method::POST,
+            "/services/create",
+            Some(serde_json::to_vec(spec)?),
+        )
+        .await?;
+    let resp: ServiceCreateResponse = serde_json::from_slice(&b)?;
+    Ok(resp.id)
+}
+
 pub(crate) async fn inspect(c: &Client, key: &str) -> Result<Service> {
     let b = c
         .call(Method::GET, &format!("/services/{}", enc(key)), None)
@@ -402,17 +415,10 @@ pub(crate) async fn run(host: Option<&str>, cmd: ServiceCommand) -> Result<ExitC
                 "MaxAttempts": restart_max_attempts,
             });
             let body = spec(&name, &task, r, restart, &labels)?;
-            let b = c
-                .call(
-                    Method::POST,
-                    "/services/create",
-                    Some(serde_json::to_vec(&body)?),
-                )
-                .await?;
-            let resp: ServiceCreateResponse = serde_json::from_slice(&b)?;
-            println!("{}", resp.id);
+            let id = create(&c, &body).await?;
+            println!("{id}");
             if !detach {
-                converge(&c, &resp.id, quiet).await?;
+                converge(&c, &id, quiet).await?;
             }
         }
         ServiceCommand::Ls { quiet } => {

@@ -196,6 +196,27 @@ impl Server {
         v["ID"].as_str().unwrap().to_owned()
     }
 
+    /// A service's captured output, as `GET /services/{name}/logs` returns it (Docker's
+    /// multiplexed frames), stdout and stderr together.
+    pub fn service_logs(&self, service: &str) -> String {
+        let (st, b) = self
+            .try_api(
+                "GET",
+                &format!("/services/{service}/logs?stdout=1&stderr=1"),
+                None,
+            )
+            .unwrap();
+        assert_eq!(st, 200, "logs of {service}");
+        let mut out = String::new();
+        let mut i = 0;
+        while i + 8 <= b.len() {
+            let len = u32::from_be_bytes([b[i + 4], b[i + 5], b[i + 6], b[i + 7]]) as usize;
+            out.push_str(&String::from_utf8_lossy(&b[i + 8..i + 8 + len]));
+            i += 8 + len;
+        }
+        out
+    }
+
     pub fn list(&self) -> Vec<serde_json::Value> {
         let (s, v) = self.api("GET", "/secrets", None);
         assert_eq!(s, 200, "{v}");
@@ -364,4 +385,31 @@ pub fn write_file(path: &Path, bytes: &[u8]) {
         .unwrap()
         .write_all(bytes)
         .unwrap();
+}
+
+/// Whether the test runs as root; if not it prints why it skips (or fails when
+/// COFFER_REQUIRE_ROOT=1).
+pub fn require_root(what: &str) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let is_root = std::fs::metadata("/proc/self").unwrap().uid() == 0;
+    if !is_root {
+        assert!(
+            std::env::var("COFFER_REQUIRE_ROOT").as_deref() != Ok("1"),
+            "COFFER_REQUIRE_ROOT=1 but not root"
+        );
+        eprintln!("SKIP: not root, so {what} (run as root)");
+    }
+    is_root
+}
+
+/// The command's standard output, after asserting it succeeded.
+pub fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
 }

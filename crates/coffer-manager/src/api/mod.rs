@@ -83,6 +83,47 @@ pub async fn serve(
     listener: UnixListener,
     shutdown: impl Future<Output = ()>,
 ) {
+    let conns = accept_loop(&listener, shutdown, move |stream: UnixStream| {
+        let actor = match stream.peer_cred() {
+            Ok(c) => Actor(format!("uid={} pid={}", c.uid(), c.pid().unwrap_or(0))),
+            Err(_) => Actor("unknown".into()),
+        };
+        let mgr = Arc::clone(&manager);
+        async move {
+            let svc = service_fn(move |req| {
+                let mgr = Arc::clone(&mgr);
+                let actor = actor.clone();
+                async move { Ok::<_, Infallible>(routes::handle(&mgr, &actor, req).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        }
+    })
+    .await;
+    let mut conns = conns;
+    drop(listener);
+    let drain = async { while conns.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(5), drain)
+        .await
+        .is_err()
+    {
+        conns.abort_all();
+    }
+}
+
+/// Accepts connections until `shutdown` resolves, each served by `conn` in its own task;
+/// returns the connections still open (the caller decides how long they may finish).
+pub(crate) async fn accept_loop<F, Fut>(
+    listener: &UnixListener,
+    shutdown: impl Future<Output = ()>,
+    conn: F,
+) -> JoinSet<()>
+where
+    F: Fn(UnixStream) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let mut conns = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -90,22 +131,7 @@ pub async fn serve(
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    let actor = match stream.peer_cred() {
-                        Ok(c) => Actor(format!("uid={} pid={}", c.uid(), c.pid().unwrap_or(0))),
-                        Err(_) => Actor("unknown".into()),
-                    };
-                    let mgr = Arc::clone(&manager);
-                    conns.spawn(async move {
-                        let svc = service_fn(move |req| {
-                            let mgr = Arc::clone(&mgr);
-                            let actor = actor.clone();
-                            async move { Ok::<_, Infallible>(routes::handle(&mgr, &actor, req).await) }
-                        });
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .keep_alive(true)
-                            .serve_connection(TokioIo::new(stream), svc)
-                            .await;
-                    });
+                    conns.spawn(conn(stream));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
@@ -115,14 +141,7 @@ pub async fn serve(
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
     }
-    drop(listener);
-    let drain = async { while conns.join_next().await.is_some() {} };
-    if tokio::time::timeout(Duration::from_secs(5), drain)
-        .await
-        .is_err()
-    {
-        conns.abort_all();
-    }
+    conns
 }
 
 /// A response: a whole body, or a stream (logs, assignments).

@@ -19,7 +19,6 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::UnixListener;
-use tokio::task::JoinSet;
 use zeroize::Zeroizing;
 
 use super::routes::read_body;
@@ -57,32 +56,19 @@ pub async fn serve(m: Arc<Manager>, listener: UnixListener, shutdown: impl Futur
     if let Err(e) = m.mark_nodes_down().await {
         tracing::warn!(error = %e, "could not mark nodes down at start-up");
     }
-    let mut conns = JoinSet::new();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let m = Arc::clone(&m);
-                    conns.spawn(async move {
-                        let svc = service_fn(move |req| {
-                            let m = Arc::clone(&m);
-                            async move { Ok::<_, Infallible>(handle(m, req).await) }
-                        });
-                        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                            .serve_connection(TokioIo::new(stream), svc)
-                            .await;
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "node listener accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+    let mut conns = super::accept_loop(&listener, shutdown, move |stream| {
+        let m = Arc::clone(&m);
+        async move {
+            let svc = service_fn(move |req| {
+                let m = Arc::clone(&m);
+                async move { Ok::<_, Infallible>(handle(m, req).await) }
+            });
+            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
         }
-    }
+    })
+    .await;
     conns.abort_all();
 }
 
