@@ -100,7 +100,11 @@ struct ProcEntry {
 }
 
 enum Control {
+    /// Stop the task: its desired state is shutdown, or it is no longer assigned.
     Stop,
+    /// Stop the task because the agent itself stops: reported as failed, so the restart
+    /// policy (any or on-failure) brings it back when the agent returns.
+    AgentExit,
     Secrets(Vec<AssignedSecret>),
 }
 
@@ -339,7 +343,7 @@ pub async fn run(
     }
     // Stopping: every task ends, its mounts go.
     for h in tasks.values() {
-        let _ = h.ctl.send(Control::Stop);
+        let _ = h.ctl.send(Control::AgentExit);
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     while !tasks.is_empty() && tokio::time::Instant::now() < deadline {
@@ -649,6 +653,7 @@ async fn supervise(shared: &Arc<Shared>, t: Assignment, mut ctl: mpsc::Unbounded
 
     let grace = Duration::from_millis(t.stop_grace_ms);
     let mut stopped = false;
+    let mut agent_exit = false;
     let mut grants = d.grants;
     let exit = loop {
         tokio::select! {
@@ -656,6 +661,10 @@ async fn supervise(shared: &Arc<Shared>, t: Assignment, mut ctl: mpsc::Unbounded
             c = ctl.recv() => match c {
                 Some(Control::Secrets(new)) => {
                     rotate(shared, &id, &secrets, &proc, &mut grants, &masker, &new).await;
+                }
+                Some(Control::AgentExit) => {
+                    agent_exit = true;
+                    break stop_tree(&proc, &mut child, grace).await;
                 }
                 Some(Control::Stop) | None => {
                     stopped = true;
@@ -665,7 +674,7 @@ async fn supervise(shared: &Arc<Shared>, t: Assignment, mut ctl: mpsc::Unbounded
         }
     };
     // No process of the task outlives it (a daemonized child stays in its namespace).
-    if !stopped {
+    if !stopped && !agent_exit {
         let _ = stop_tree(&proc, &mut child, Duration::from_millis(200)).await;
     }
     for r in readers {
@@ -683,6 +692,12 @@ async fn supervise(shared: &Arc<Shared>, t: Assignment, mut ctl: mpsc::Unbounded
     let signal = exit.and_then(|s| std::os::unix::process::ExitStatusExt::signal(&s));
     let mut r = if stopped {
         status(TaskState::Shutdown, "stopped")
+    } else if agent_exit {
+        fail(
+            TaskState::Failed,
+            "failed",
+            "the node's agent stopped (coffer was stopped); the task was stopped with it".into(),
+        )
     } else if code == Some(0) {
         status(TaskState::Complete, "finished")
     } else {

@@ -195,8 +195,8 @@ pub const USERNS_STAGING: &str = "/run/.coffer-secrets";
 
 /// The exec driver without root: in the calling process, a new user namespace (the task's
 /// `uid:gid` inside mapped to the caller's ids outside, nothing else mapped) and mount
-/// namespace; a private tmpfs on `/run`; the task's files on a memory-only filesystem
-/// (ramfs, else a size-capped tmpfs) bound read-only at `/run/secrets`; a new session.
+/// namespace; a private tmpfs on `/run`; the task's files on a size-capped tmpfs bound
+/// read-only at `/run/secrets`; a new session.
 ///
 /// Only the task's own ids exist in the namespace: a file grant with another owner is
 /// refused (0, Docker's default, means the task's user).
@@ -260,26 +260,18 @@ pub fn enter_user_namespace(uid: u32, gid: u32, files: &mut [SecretFile]) -> Res
             source,
         })?;
     }
-    let size: u64 = files.iter().map(|f| f.value.len() as u64).sum::<u64>() + 64 * 1024;
-    let flags = ro_data_flags();
-    if mount(
+    // Always a size-capped tmpfs here, never ramfs: the workload owns this filesystem (its
+    // uid is the only one), and an unbounded ramfs would let it pin the host's memory.
+    let size: u64 =
+        files.iter().map(|f| f.value.len() as u64).sum::<u64>() + crate::task::TMPFS_SLACK;
+    mount(
         Some("coffer-secrets"),
         staging,
-        Some("ramfs"),
-        flags,
-        Some("mode=0755"),
+        Some("tmpfs"),
+        ro_data_flags(),
+        Some(format!("mode=0755,size={size}").as_str()),
     )
-    .is_err()
-    {
-        mount(
-            Some("coffer-secrets"),
-            staging,
-            Some("tmpfs"),
-            flags,
-            Some(format!("mode=0755,size={size}").as_str()),
-        )
-        .map_err(sys("cannot mount memory-only storage for /run/secrets"))?;
-    }
+    .map_err(sys("cannot mount memory-only storage for /run/secrets"))?;
     for f in files.iter() {
         crate::files::write_secret(staging, f).map_err(|e| ExecError::Refused(e.to_string()))?;
     }

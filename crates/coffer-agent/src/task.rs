@@ -9,8 +9,10 @@ use std::path::{Path, PathBuf};
 use crate::files::{write_secret, SecretFile, WriteError};
 use crate::mount::{FsKind, MountError, Mounter};
 
-/// Room for file metadata on a size-capped tmpfs, beyond the values themselves.
-const TMPFS_SLACK: u64 = 64 * 1024;
+/// Room on a size-capped tmpfs beyond the values themselves: file metadata, and one
+/// rotation to a value of the largest allowed size (written beside the old one, then
+/// renamed over it).
+pub const TMPFS_SLACK: u64 = 64 * 1024 + coffer_core::limits::MAX_SECRET_SIZE as u64 + 1;
 
 /// Setting up or removing a task's secrets failed.
 #[derive(Debug, thiserror::Error)]

@@ -606,6 +606,28 @@ fn kill_9_then_restart_cleans_up_and_reconciles() {
     assert_eq!(secret_mounts(&s), 1, "only the new task's mount remains");
     let new = running_pids(&s, "w")[0];
     assert_eq!(in_task(new, "/run/secrets/k").unwrap(), b"KKKK-value");
+    // A clean stop takes the tasks down with it (nothing left running or mounted), and
+    // they come back after a restart, even with restart-condition on-failure.
+    ok(&s.cli(
+        &[
+            "service",
+            "update",
+            "w",
+            "--restart-condition",
+            "on-failure",
+        ],
+        None,
+    ));
+    let before = running_pids(&s, "w")[0];
+    s.stop();
+    assert!(!std::path::Path::new(&format!("/proc/{before}")).exists());
+    assert_eq!(
+        secret_mounts(&s),
+        0,
+        "a stopped coffer leaves no secret mount"
+    );
+    s.restart();
+    wait_until("the task is back", || running_pids(&s, "w").len() == 1);
 }
 
 #[test]

@@ -112,6 +112,9 @@ pub(crate) enum ServiceCommand {
         /// Remove an environment variable by name (repeatable).
         #[arg(long)]
         env_rm: Vec<String>,
+        /// Restart condition: any, on-failure or none.
+        #[arg(long)]
+        restart_condition: Option<String>,
         /// Update order: stop-first, or start-first (the new task runs before the old stops).
         #[arg(long)]
         update_order: Option<String>,
@@ -146,6 +149,13 @@ pub(crate) enum ServiceCommand {
         #[arg(long)]
         tail: Option<usize>,
     },
+}
+
+fn check_condition(c: &str) -> Result<()> {
+    if !["any", "on-failure", "none"].contains(&c) {
+        bail!("--restart-condition {c:?} is invalid; use any, on-failure or none");
+    }
+    Ok(())
 }
 
 /// Parses `--replicas` with a clear message (a negative count is the usual mistake).
@@ -406,9 +416,7 @@ pub(crate) async fn run(host: Option<&str>, cmd: ServiceCommand) -> Result<ExitC
             task,
         } => {
             let r = replicas(&r)?;
-            if !["any", "on-failure", "none"].contains(&restart_condition.as_str()) {
-                bail!("--restart-condition {restart_condition:?} is invalid; use any, on-failure or none");
-            }
+            check_condition(&restart_condition)?;
             let restart = json!({
                 "Condition": restart_condition,
                 "Delay": i64::try_from(restart_delay.as_nanos()).unwrap_or(i64::MAX),
@@ -470,6 +478,15 @@ pub(crate) async fn run(host: Option<&str>, cmd: ServiceCommand) -> Result<ExitC
                 }
                 return Ok(ExitCode::SUCCESS);
             }
+            let nodes: Vec<Value> =
+                serde_json::from_slice(&c.call(Method::GET, "/nodes", None).await?)?;
+            let node_name = |id: &str| {
+                nodes
+                    .iter()
+                    .find(|n| s(n, &["ID"]) == id)
+                    .map_or(id, |n| s(n, &["Description", "Hostname"]))
+                    .to_owned()
+            };
             let rows: Vec<Vec<String>> = ts
                 .iter()
                 .map(|t| {
@@ -481,6 +498,7 @@ pub(crate) async fn run(host: Option<&str>, cmd: ServiceCommand) -> Result<ExitC
                     vec![
                         s(t, &["ID"]).chars().take(12).collect(),
                         format!("{}.{}", svc.spec.name, t["Slot"].as_u64().unwrap_or(0)),
+                        node_name(s(t, &["NodeID"])),
                         s(t, &["DesiredState"]).to_owned(),
                         format!("{st} {}", ago(s(t, &["Status", "Timestamp"]))),
                         s(t, &["Status", "Err"]).to_owned(),
@@ -488,7 +506,14 @@ pub(crate) async fn run(host: Option<&str>, cmd: ServiceCommand) -> Result<ExitC
                 })
                 .collect();
             table(
-                &["ID", "NAME", "DESIRED STATE", "CURRENT STATE", "ERROR"],
+                &[
+                    "ID",
+                    "NAME",
+                    "NODE",
+                    "DESIRED STATE",
+                    "CURRENT STATE",
+                    "ERROR",
+                ],
                 &rows,
             );
         }
@@ -506,12 +531,20 @@ pub(crate) async fn run(host: Option<&str>, cmd: ServiceCommand) -> Result<ExitC
             replicas: r,
             env_add,
             env_rm,
+            restart_condition,
             update_order,
             force,
             detach,
         } => {
             let svc = inspect(&c, &service).await?;
             let mut spec: ServiceSpec = svc.spec.clone();
+            if let Some(c) = restart_condition {
+                check_condition(&c)?;
+                spec.task_template
+                    .restart_policy
+                    .get_or_insert_with(Default::default)
+                    .condition = Some(c);
+            }
             if let Some(order) = update_order {
                 if order != "stop-first" && order != "start-first" {
                     bail!("--update-order {order:?} is invalid; use stop-first or start-first");
