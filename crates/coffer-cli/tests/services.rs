@@ -230,3 +230,21 @@ fn secret_removal_racing_service_creation_never_leaves_a_dangling_grant() {
         );
     }
 }
+
+#[test]
+fn a_manager_without_agent_says_why_nothing_runs() {
+    let s = Server::start(&["--no-agent"]);
+    let o = s.cli(&["service", "create", "--name", "idle", "--", "true"], None);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    let last = err.trim().lines().last().unwrap();
+    assert!(
+        last.starts_with("Error: service idle cannot run: no node is ready")
+            && last.contains("--no-agent"),
+        "{err}"
+    );
+    // The service exists and waits for a node.
+    assert_eq!(s.api("GET", "/services/idle", None).0, 200);
+    let (_, nodes) = s.api("GET", "/nodes", None);
+    assert!(nodes.as_array().unwrap().is_empty(), "{nodes}");
+}

@@ -74,8 +74,9 @@ pub(crate) async fn run(args: ServerArgs, dev: bool) -> Result<ExitCode> {
              Clients find this socket by themselves; elsewhere point them at it:\n  \
              export COFFER_HOST=unix://{sock}\n  \
              export DOCKER_HOST=unix://{sock}   # `docker secret ...` works too\n\n\
-             Try:  printf 's3cret' | coffer secret create db_password -\n\
-             Ctrl-C stops it.",
+             Try:  printf 's3cret' | coffer secret create db_password -\n      \
+             coffer run --secret db_password -- cat /run/secrets/db_password\n\
+             Ctrl-C stops it (and the tasks it runs).",
             data_dir.display(),
             m.store_description
         );

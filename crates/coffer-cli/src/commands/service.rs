@@ -329,6 +329,16 @@ pub(crate) async fn converge(c: &Client, id: &str, quiet: bool) -> Result<()> {
                 svc.spec.name
             );
         }
+        if started.elapsed() > Duration::from_secs(2) && running < want {
+            let nodes: Vec<Value> =
+                serde_json::from_slice(&c.call(Method::GET, "/nodes", None).await?)?;
+            if !nodes.iter().any(|n| s(n, &["Status", "State"]) == "ready") {
+                bail!(
+                    "service {} cannot run: no node is ready (a manager started with --no-agent runs no tasks; start `coffer dev` or `coffer server` without it)",
+                    svc.spec.name
+                );
+            }
+        }
         if started.elapsed() > Duration::from_secs(120) {
             bail!(
                 "service {} has not converged after 2 minutes; see `coffer service ps {}`",
