@@ -402,3 +402,62 @@ fn docker_service_commands() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// The docker client drops fields it does not know when it updates a service; coffer's
+/// grant extensions (on-rotate, version, env) must survive a `docker service update`.
+#[test]
+fn docker_update_keeps_coffer_grant_extensions() {
+    let Some(bin) = docker_binary() else { return };
+    let s = Server::start(&["--no-agent"]);
+    s.create("k", b"v1");
+    let o = s.cli(
+        &[
+            "service",
+            "create",
+            "--detach",
+            "--name",
+            "web",
+            "--secret",
+            "source=k,target=live,on-rotate=live",
+            "--secret",
+            "source=k,target=pinned,version=1,on-rotate=signal:SIGHUP",
+            "--secret",
+            "source=k,type=env,target=K_ENV",
+            "--",
+            "sleep",
+            "1000",
+        ],
+        None,
+    );
+    assert!(o.status.success(), "{o:?}");
+    ok(&docker(
+        &bin,
+        &s,
+        &["service", "update", "--detach", "--env-add", "X=1", "web"],
+        None,
+    ));
+    let (_, v) = s.api("GET", "/services/web", None);
+    let refs = v["Spec"]["TaskTemplate"]["ContainerSpec"]["Secrets"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(refs.len(), 3, "{refs:?}");
+    let by = |t: &str| {
+        refs.iter()
+            .find(|r| r["File"]["Name"] == t || r["Coffer"]["Env"] == t)
+            .unwrap_or_else(|| panic!("grant {t} lost: {refs:?}"))["Coffer"]
+            .clone()
+    };
+    assert_eq!(by("live")["OnRotate"], "live");
+    assert_eq!(
+        (
+            by("pinned")["Version"].as_u64(),
+            by("pinned")["OnRotate"].as_str()
+        ),
+        (Some(1), Some("signal:SIGHUP"))
+    );
+    assert_eq!(by("K_ENV")["Env"], "K_ENV");
+    assert!(v["Spec"]["TaskTemplate"]["ContainerSpec"]["Env"]
+        .to_string()
+        .contains("X=1"));
+}
