@@ -150,4 +150,33 @@ mod tests {
         let mut b = LineBuffer::default();
         assert_eq!(b.push(&big).len(), 1, "output lines are cut");
     }
+
+    proptest::proptest! {
+        /// Whatever surrounds them, no granted value survives masking (values without '*',
+        /// which could be re-formed from the mask itself).
+        #[test]
+        fn no_value_survives(
+            values in proptest::collection::vec("[a-c0-1 ]{1,6}", 1..4),
+            pieces in proptest::collection::vec((0usize..6, "[a-c0-1 *]{0,4}"), 0..12),
+        ) {
+            let mut m = Masker::default();
+            for v in &values {
+                m.add(v.as_bytes());
+            }
+            let mut line = String::new();
+            for (pick, filler) in &pieces {
+                match values.get(*pick) {
+                    Some(v) => line.push_str(v),
+                    None => line.push_str(filler),
+                }
+            }
+            let out = m.mask(line.as_bytes());
+            for v in &values {
+                let v = v.trim_end_matches('\n');
+                if !v.is_empty() && !v.contains('*') {
+                    proptest::prop_assert!(!out.contains(v), "{v:?} in {out:?} (from {line:?})");
+                }
+            }
+        }
+    }
 }

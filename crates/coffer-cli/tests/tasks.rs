@@ -186,6 +186,13 @@ fn seed_flow_grants_modes_and_masking() {
     }
     let holders = ok(&s.cli(&["secret", "inspect", "db_password"], None));
     assert_eq!(holders.matches("\"Task\": \"web.").count(), 2, "{holders}");
+    // `coffer service logs` shows the same masked output.
+    let cli_logs = ok(&s.cli(&["service", "logs", "web"], None));
+    assert!(
+        cli_logs.contains("****") && cli_logs.contains("/run/secrets/pw_user 1000 1000 400"),
+        "{cli_logs}"
+    );
+    assert!(!cli_logs.contains("CANARY"));
     // ps output and the server log never carry the value.
     assert!(!ok(&s.cli(&["service", "ps", "web"], None)).contains("CANARY"));
     assert!(!s.log().contains("CANARY"));
