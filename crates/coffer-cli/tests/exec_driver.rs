@@ -61,7 +61,7 @@ fn workload_sees_only_its_secrets_and_dies_whole() {
         &[file("db_password", 1000, 0o400, canary.as_bytes())],
     )
     .unwrap();
-    let _other = TaskSecrets::create(
+    let other = TaskSecrets::create(
         &m,
         base.path(),
         "task2",
@@ -146,6 +146,7 @@ fn workload_sees_only_its_secrets_and_dies_whole() {
     drop(running);
     assert!(started.elapsed() < Duration::from_secs(5));
     secrets.remove(&m).unwrap();
+    other.remove(&m).unwrap();
 }
 
 #[test]
