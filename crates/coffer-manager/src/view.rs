@@ -248,6 +248,36 @@ where
         }
     }
 
+    /// Checks an update's `?version=N` against `entry` (Docker's `Version.Index`);
+    /// returns the revision to compare in the write.
+    pub fn check_version(
+        &self,
+        entry: &Entry<R>,
+        version: Option<&str>,
+    ) -> Result<i64, ControlError> {
+        let kind = self.kind;
+        let v = version.ok_or_else(|| {
+            ControlError::Invalid(format!(
+                "the version query parameter is missing; inspect the {kind} and pass ?version=<Version.Index>"
+            ))
+        })?;
+        let given: u64 = v.parse().map_err(|_| {
+            ControlError::Invalid(format!(
+                "invalid version {v:?}; it is the {kind}'s Version.Index, a number"
+            ))
+        })?;
+        let current = u64::try_from(entry.mod_revision).unwrap_or(0);
+        if given != current {
+            return Err(ControlError::StaleVersion {
+                kind,
+                name: entry.record.name().to_owned(),
+                given,
+                current,
+            });
+        }
+        Ok(entry.mod_revision)
+    }
+
     /// Whether a name is taken.
     pub fn name_taken(&self, name: &str) -> bool {
         self.state

@@ -277,30 +277,6 @@ pub async fn open_version(
 }
 
 impl Manager {
-    fn check_version_param(
-        &self,
-        entry: &SecretEntry,
-        version: Option<&str>,
-    ) -> Result<i64, ControlError> {
-        let v = version
-            .ok_or_else(|| ControlError::Invalid("the version query parameter is missing; inspect the secret and pass ?version=<Version.Index>".into()))?;
-        let given: u64 = v.parse().map_err(|_| {
-            ControlError::Invalid(format!(
-                "invalid version {v:?}; it is the secret's Version.Index, a number"
-            ))
-        })?;
-        let current = u64::try_from(entry.mod_revision).unwrap_or(0);
-        if given != current {
-            return Err(ControlError::StaleVersion {
-                kind: "secret",
-                name: entry.record.name.clone(),
-                given,
-                current,
-            });
-        }
-        Ok(entry.mod_revision)
-    }
-
     /// `POST /secrets/create`.
     pub async fn create_secret(
         &self,
@@ -401,7 +377,7 @@ impl Manager {
             let entry = self.view.lookup(key)?;
             *ev = ev.clone().object(&entry.record.id, &entry.record.name);
             let req: SecretSpecRequest = parse_json(body, "secret update")?;
-            let rev = self.check_version_param(&entry, version)?;
+            let rev = self.view.check_version(&entry, version)?;
             let renamed = req.name.as_deref().is_some_and(|n| n != entry.record.name);
             if renamed || req.data.is_some() || req.driver.is_some() || req.templating.is_some() {
                 return Err(ControlError::Invalid(

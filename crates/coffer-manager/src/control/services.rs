@@ -225,41 +225,55 @@ impl Manager {
         version: Option<&str>,
         body: &[u8],
     ) -> Result<(), ControlError> {
-        self.audited(Pending::new(actor, "service.update"), async |ev: &mut Pending| {
-            let entry = self.services.lookup(key)?;
-            *ev = ev.clone().object(&entry.record.id, &entry.record.spec.name);
-            let spec: ServiceSpec = parse_json(body, "service update")?;
-            let given = version
-                .ok_or_else(|| ControlError::Invalid("the version query parameter is missing; inspect the service and pass ?version=<Version.Index>".into()))?
-                .parse::<u64>()
-                .map_err(|_| ControlError::Invalid("invalid version; it is the service's Version.Index, a number".into()))?;
-            let current = u64::try_from(entry.mod_revision).unwrap_or(0);
-            if given != current {
-                return Err(ControlError::StaleVersion { kind: "service", name: entry.record.spec.name.clone(), given, current });
-            }
-            if spec.name != entry.record.spec.name {
-                return Err(ControlError::Invalid("renaming services is not supported; create a new service".into()));
-            }
-            let mut spec = spec;
-            carry_extensions(&entry.record.spec, &mut spec);
-            let (spec, secrets) = self.check_service_spec(spec)?;
-            let mut record = entry.record.clone();
-            record.spec = spec;
-            record.updated_at = now();
-            let id = record.id.clone();
-            let mut compares = vec![Compare::ModRevision(service_key(&id), entry.mod_revision)];
-            compares.extend(secrets.iter().map(|s| Compare::Exists(secret_key(&s.record.id))));
-            let r = self.commit_audited(ev, compares, vec![
-                    Op::Put(service_key(&id), serde_json::to_vec(&record).unwrap_or_default()),
-                    Op::Put(SERVICE_INDEX_KEY.into(), Vec::new()),
-                ], "refused: stale-version or secret removed").await?;
-            if !r.succeeded {
-                return Err(self.services.stale(&id, &record.spec.name, entry.mod_revision));
-            }
+        self.audited(
+            Pending::new(actor, "service.update"),
+            async |ev: &mut Pending| {
+                let entry = self.services.lookup(key)?;
+                *ev = ev.clone().object(&entry.record.id, &entry.record.spec.name);
+                let spec: ServiceSpec = parse_json(body, "service update")?;
+                self.services.check_version(&entry, version)?;
+                if spec.name != entry.record.spec.name {
+                    return Err(ControlError::Invalid(
+                        "renaming services is not supported; create a new service".into(),
+                    ));
+                }
+                let mut spec = spec;
+                carry_extensions(&entry.record.spec, &mut spec);
+                let (spec, secrets) = self.check_service_spec(spec)?;
+                let mut record = entry.record.clone();
+                record.spec = spec;
+                record.updated_at = now();
+                let id = record.id.clone();
+                let mut compares = vec![Compare::ModRevision(service_key(&id), entry.mod_revision)];
+                compares.extend(
+                    secrets
+                        .iter()
+                        .map(|s| Compare::Exists(secret_key(&s.record.id))),
+                );
+                let r = self
+                    .commit_audited(
+                        ev,
+                        compares,
+                        vec![
+                            Op::Put(
+                                service_key(&id),
+                                serde_json::to_vec(&record).unwrap_or_default(),
+                            ),
+                            Op::Put(SERVICE_INDEX_KEY.into(), Vec::new()),
+                        ],
+                        "refused: stale-version or secret removed",
+                    )
+                    .await?;
+                if !r.succeeded {
+                    return Err(self
+                        .services
+                        .stale(&id, &record.spec.name, entry.mod_revision));
+                }
 
-            self.services.wait_for(r.revision).await;
-            Ok(())
-        })
+                self.services.wait_for(r.revision).await;
+                Ok(())
+            },
+        )
         .await
     }
 
