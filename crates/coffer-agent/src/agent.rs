@@ -282,7 +282,8 @@ pub async fn run(
                 let r = shared
                     .request(Method::POST, "/coffer/node/register", body)
                     .await?;
-                let r: RegisterResponse = serde_json::from_slice(&r).map_err(|e| e.to_string())?;
+                let r: RegisterResponse =
+                    serde_json::from_slice(&r).map_err(|e| coffer_core::api::json_error(&e))?;
                 *shared
                     .node_id
                     .lock()
@@ -330,7 +331,8 @@ pub async fn run(
                         for line in buf.push(&data) {
                             match serde_json::from_slice::<Assignments>(&line) {
                                 Ok(a) => reconcile(&shared, &mut tasks, &finished_tx, a).await,
-                                Err(e) => tracing::warn!(error = %e.to_string().chars().take(120).collect::<String>(), "unreadable assignments message"),
+                                // The message carries values: never quote it.
+                                Err(e) => tracing::warn!(error = %coffer_core::api::json_error(&e), "unreadable assignments message"),
                             }
                         }
                     }

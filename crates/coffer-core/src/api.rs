@@ -258,6 +258,50 @@ pub struct AuditVerifyResponse {
     pub error: String,
 }
 
+/// A JSON decoding error as one line that is safe to show and log. serde's type errors
+/// quote the offending string (`invalid type: string "...", expected a map`), and a value
+/// in the wrong field, or a protocol message carrying values, would be echoed into errors
+/// and logs. Field names come in backticks and stay; anything in double quotes is replaced.
+pub fn json_error(e: &serde_json::Error) -> String {
+    redact_quoted(&e.to_string())
+}
+
+/// Replaces the contents of every double-quoted string in `message` with `...`.
+fn redact_quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(start) = rest.find('"') {
+        out.push_str(&rest[..=start]);
+        let after = &rest[start + 1..];
+        // The closing quote is the last one before the next ", expected" or the end; serde
+        // escapes inner quotes, so find the first unescaped quote.
+        let mut end = None;
+        let mut escaped = false;
+        for (i, c) in after.char_indices() {
+            match c {
+                '\\' if !escaped => escaped = true,
+                '"' if !escaped => {
+                    end = Some(i);
+                    break;
+                }
+                _ => escaped = false,
+            }
+        }
+        match end {
+            Some(i) => {
+                out.push_str("...\"");
+                rest = &after[i + 1..];
+            }
+            None => {
+                out.push_str("...");
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -290,6 +334,17 @@ mod tests {
                 "{body}"
             );
         }
+    }
+
+    #[test]
+    fn json_errors_quote_no_string() {
+        assert_eq!(redact_quoted(r#"a "x\"y" b "z"#), r#"a "..." b "..."#);
+        let e = serde_json::from_str::<Vec<u32>>(r#"["s3cret-value"]"#).unwrap_err();
+        let msg = json_error(&e);
+        assert!(
+            !msg.contains("s3cret") && msg.contains("invalid type"),
+            "{msg}"
+        );
     }
 
     proptest! {

@@ -45,48 +45,9 @@ pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
     serde_json::from_slice(body).map_err(|e| {
         ControlError::Invalid(format!(
             "{what}: malformed JSON: {}",
-            redact_quoted(&e.to_string())
+            coffer_core::api::json_error(&e)
         ))
     })
-}
-
-/// serde's type errors quote the offending string (`invalid type: string "...", expected a
-/// map`), and a client that put a value in the wrong field would get it echoed into the
-/// error and the audit trail. Field names come in backticks and stay; anything in double
-/// quotes is replaced.
-fn redact_quoted(message: &str) -> String {
-    let mut out = String::with_capacity(message.len());
-    let mut rest = message;
-    while let Some(start) = rest.find('"') {
-        out.push_str(&rest[..=start]);
-        let after = &rest[start + 1..];
-        // The closing quote is the last one before the next ", expected" or the end; serde
-        // escapes inner quotes, so find the first unescaped quote.
-        let mut end = None;
-        let mut escaped = false;
-        for (i, c) in after.char_indices() {
-            match c {
-                '\\' if !escaped => escaped = true,
-                '"' if !escaped => {
-                    end = Some(i);
-                    break;
-                }
-                _ => escaped = false,
-            }
-        }
-        match end {
-            Some(i) => {
-                out.push_str("...\"");
-                rest = &after[i + 1..];
-            }
-            None => {
-                out.push_str("...");
-                rest = "";
-            }
-        }
-    }
-    out.push_str(rest);
-    out
 }
 
 /// Decodes a base64 value and applies Swarm's size rule.
@@ -673,7 +634,6 @@ mod tests {
             e.contains("invalid type: integer `5`, expected a string"),
             "{e}"
         );
-        assert_eq!(redact_quoted(r#"a "x\"y" b "z"#), r#"a "..." b "..."#);
     }
 
     #[test]
