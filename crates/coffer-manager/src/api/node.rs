@@ -28,7 +28,8 @@ use crate::error::ControlError;
 
 /// The node credential of this manager's boot (for the in-process agent).
 pub fn node_token(m: &Manager) -> Zeroizing<String> {
-    m.node_token.clone()
+    // Hex digits: always UTF-8.
+    Zeroizing::new(String::from_utf8_lossy(m.node_token.expose()).into_owned())
 }
 
 fn authorized(m: &Manager, req: &Request<Incoming>) -> bool {
@@ -40,7 +41,7 @@ fn authorized(m: &Manager, req: &Request<Incoming>) -> bool {
     else {
         return false;
     };
-    let want = m.node_token.as_bytes();
+    let want = m.node_token.expose();
     let given = given.as_bytes();
     // Constant time over the token's length.
     given.len() == want.len()

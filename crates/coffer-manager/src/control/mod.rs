@@ -103,7 +103,8 @@ pub struct Manager {
     /// Task output sent by the nodes, masked.
     pub logs: Arc<crate::logs::Logs>,
     /// Credential of the node listener (this boot only).
-    pub(crate) node_token: zeroize::Zeroizing<String>,
+    /// (`SecretBytes`: zeroized, and `[REDACTED]` if the manager is ever Debug-printed.)
+    pub(crate) node_token: coffer_crypto::SecretBytes,
     pub(crate) audit: Arc<Audit>,
     /// Creates and rotations hold it shared; a KEK rotation holds it exclusively, so no
     /// data key is wrapped by a KEK that is about to be retired.
@@ -256,11 +257,14 @@ impl Manager {
         )
         .await?;
         let audit = Audit::start(Arc::clone(&store));
-        let node_token = zeroize::Zeroizing::new(format!(
-            "{:032x}{:032x}",
-            coffer_crypto::digest::random_u128().map_err(ControlError::from)?,
-            coffer_crypto::digest::random_u128().map_err(ControlError::from)?
-        ));
+        let node_token = coffer_crypto::SecretBytes::new(
+            format!(
+                "{:032x}{:032x}",
+                coffer_crypto::digest::random_u128().map_err(ControlError::from)?,
+                coffer_crypto::digest::random_u128().map_err(ControlError::from)?
+            )
+            .into_bytes(),
+        );
         let cluster_id = cluster_id(&*store).await?;
         let locked = opened.keys.is_locked().await;
         let manager = Arc::new(Self {
@@ -447,5 +451,25 @@ mod tests {
             .contains("sqlite:PATH"));
         StoreSpec::parse("etcd://").unwrap_err();
         StoreSpec::parse("sqlite:").unwrap_err();
+    }
+
+    #[tokio::test]
+    async fn debug_output_carries_no_node_credential() {
+        let dir = tempfile::tempdir().unwrap();
+        let started = Manager::open(&Config {
+            data_dir: dir.path().join("data"),
+            store: None,
+            autolock: false,
+            keep_versions: 3,
+        })
+        .await
+        .unwrap();
+        let token = crate::api::node::node_token(&started.manager);
+        assert_eq!(token.len(), 64);
+        let shown = format!("{:?}", started.manager);
+        assert!(
+            !shown.contains(token.as_str()),
+            "the node token is in Debug output"
+        );
     }
 }
