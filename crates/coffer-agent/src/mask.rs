@@ -76,18 +76,23 @@ impl LineBuffer {
         }
     }
 
-    /// Appends `data`; returns the complete lines (without newlines).
+    /// Appends `data`; returns the complete lines (without newlines). Only the new bytes
+    /// are searched, and the consumed lines leave the buffer in one move.
     pub fn push(&mut self, data: &[u8]) -> Vec<Zeroizing<Vec<u8>>> {
+        // Whatever the buffer held has no newline: it was all searched before.
+        let mut next = self.buf.len();
         self.buf.extend_from_slice(data);
         let mut lines = Vec::new();
-        while let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
-            let mut line = Zeroizing::new(self.buf[..pos].to_vec());
-            if line.last() == Some(&b'\r') {
-                line.pop();
-            }
-            self.buf.drain(..=pos);
-            lines.push(line);
+        let mut start = 0;
+        while let Some(off) = self.buf[next..].iter().position(|b| *b == b'\n') {
+            let end = next + off;
+            let line = &self.buf[start..end];
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            lines.push(Zeroizing::new(line.to_vec()));
+            start = end + 1;
+            next = start;
         }
+        self.buf.drain(..start);
         if !self.unbounded && self.buf.len() > MAX_LINE {
             lines.push(Zeroizing::new(std::mem::take(&mut *self.buf)));
         }
