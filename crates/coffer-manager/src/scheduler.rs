@@ -422,7 +422,7 @@ async fn apply(m: &Manager, action: Action) -> Result<Option<i64>, ControlError>
 }
 
 /// Applies [`plan`] for as long as the manager runs: after every change to services,
-/// tasks, nodes or secrets, and every 250 ms (restart delays).
+/// tasks, nodes or secrets, and every 250 ms while a restart delay is running.
 pub async fn run(m: Arc<Manager>) {
     let mut watches = [
         m.services.subscribe(),
@@ -431,12 +431,18 @@ pub async fn run(m: Arc<Manager>) {
         m.view.subscribe(),
     ];
     loop {
-        let services: Vec<ServiceIntent> = m.services.all().iter().map(|e| intent(&m, e)).collect();
-        let tasks: Vec<TaskRecord> = m.tasks.all().iter().map(|e| e.record.clone()).collect();
-        let nodes: Vec<NodeRecord> = m.nodes.all().iter().map(|e| e.record.clone()).collect();
+        // Mark the changes seen before reading, so one that lands while planning wakes the
+        // next round instead of being lost.
         for w in &mut watches {
             w.borrow_and_update();
         }
+        let services: Vec<ServiceIntent> = m.services.all().iter().map(|e| intent(&m, e)).collect();
+        let tasks: Vec<TaskRecord> = m.tasks.all().iter().map(|e| e.record.clone()).collect();
+        let nodes: Vec<NodeRecord> = m.nodes.all().iter().map(|e| e.record.clone()).collect();
+        // Time matters only while an ended task waits out its restart delay.
+        let delayed = tasks
+            .iter()
+            .any(|t| t.desired == TaskState::Running && t.state.is_terminal());
         let mut wrote = 0;
         for action in plan(&services, &tasks, &nodes, SystemTime::now()) {
             match apply(&m, action.clone()).await {
@@ -456,7 +462,7 @@ pub async fn run(m: Arc<Manager>) {
             _ = b.changed() => {}
             _ = c.changed() => {}
             _ = d.changed() => {}
-            () = tokio::time::sleep(Duration::from_millis(250)) => {}
+            () = tokio::time::sleep(Duration::from_millis(250)), if delayed => {}
         }
     }
 }
