@@ -442,7 +442,11 @@ impl Manager {
                         tracing::warn!(task = %t.name, secret = %r.secret_name, "granted secret is gone");
                         continue;
                     };
-                    let version = delivered_version(&grant, t, secret.record.current);
+                    let version = delivered_version(
+                        &grant,
+                        t.versions.get(&r.secret_id).copied(),
+                        secret.record.current,
+                    );
                     let key = (r.secret_id.clone(), version);
                     let value = match cache.values.get(&key) {
                         Some(v) => Arc::clone(v),
@@ -472,25 +476,11 @@ impl Manager {
 }
 
 /// The version a task gets of a grant's secret: the pinned one; for `restart` grants the
-/// one the task was made with (a new version means a new task); else the current one.
-fn delivered_version(grant: &Grant, t: &TaskRecord, current: u32) -> u32 {
-    if let Some(v) = grant.version {
-        return v;
+/// one the task was made with (`given`; a new version means a new task); else the current.
+fn delivered_version(grant: &Grant, given: Option<u32>, current: u32) -> u32 {
+    match (grant.version, grant.on_rotate) {
+        (Some(v), _) => v,
+        (None, OnRotate::Restart) => given.unwrap_or(current),
+        (None, _) => current,
     }
-    if grant.on_rotate == OnRotate::Restart {
-        if let Some(id) = t
-            .spec
-            .container_spec
-            .secrets
-            .iter()
-            .flatten()
-            .find(|r| r.secret_name == grant.source.as_str())
-            .map(|r| &r.secret_id)
-        {
-            if let Some(v) = t.versions.get(id) {
-                return *v;
-            }
-        }
-    }
-    current
 }
