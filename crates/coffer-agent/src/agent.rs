@@ -91,6 +91,8 @@ struct Shared {
     client: Mutex<Option<Client>>,
     /// Task id -> (pid, mount namespace), persisted for recovery after a crash.
     procs: Mutex<BTreeMap<String, ProcEntry>>,
+    /// Bumped on every change to `procs`; one writer task saves the latest table.
+    procs_changed: tokio::sync::watch::Sender<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -133,14 +135,9 @@ impl Shared {
             .clone()
     }
 
-    /// Writes the process table; the lock is held while writing, so concurrent saves
-    /// cannot interleave (they share one temporary file).
+    /// Asks the state-file writer to save the process table (never blocks a task).
     fn save_procs(&self) {
-        let procs = self.procs.lock().unwrap_or_else(PoisonError::into_inner);
-        let data = serde_json::to_vec(&*procs).unwrap_or_default();
-        if let Err(e) = coffer_crypto::keyring::write_private(&self.cfg.state_file, &data) {
-            tracing::warn!(error = %e, "could not save the agent state file");
-        }
+        self.procs_changed.send_modify(|n| *n += 1);
     }
 
     async fn request(&self, method: Method, path: &str, body: Vec<u8>) -> Result<Bytes, String> {
@@ -247,6 +244,34 @@ async fn connect(cfg: &AgentConfig) -> Result<Client, String> {
     Ok(client)
 }
 
+/// Saves the process table whenever it changes, off the async threads; changes that come
+/// while a write is under way are coalesced into the next one.
+async fn write_state_file(shared: std::sync::Weak<Shared>) {
+    let Some(mut changed) = shared.upgrade().map(|s| s.procs_changed.subscribe()) else {
+        return;
+    };
+    // Ends when the agent (which owns the sender) is gone.
+    while changed.changed().await.is_ok() {
+        changed.borrow_and_update();
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let data = {
+            let procs = shared.procs.lock().unwrap_or_else(PoisonError::into_inner);
+            serde_json::to_vec(&*procs).unwrap_or_default()
+        };
+        let path = shared.cfg.state_file.clone();
+        drop(shared);
+        let written = tokio::task::spawn_blocking(move || {
+            coffer_crypto::keyring::write_private(&path, &data)
+        })
+        .await;
+        if let Ok(Err(e)) = written {
+            tracing::warn!(error = %e, "could not save the agent state file");
+        }
+    }
+}
+
 /// Runs the agent until `shutdown` resolves; then stops every task it runs.
 pub async fn run(
     cfg: AgentConfig,
@@ -263,7 +288,9 @@ pub async fn run(
         node_id: Mutex::new(String::new()),
         client: Mutex::new(None),
         procs: Mutex::new(BTreeMap::new()),
+        procs_changed: tokio::sync::watch::channel(0).0,
     });
+    tokio::spawn(write_state_file(Arc::downgrade(&shared)));
     let mut tasks: HashMap<String, Handle> = HashMap::new();
     let mut finished_rx;
     let finished_tx;
