@@ -57,14 +57,7 @@ pub fn enter_task_namespace(secrets_dir: &Path, hide: &Path) -> Result<(), ExecE
     unshare(CloneFlags::CLONE_NEWNS).map_err(sys(
         "cannot create a private mount namespace (needs CAP_SYS_ADMIN)",
     ))?;
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .map_err(sys("cannot make mounts private"))?;
+    make_mounts_private()?;
     let target = Path::new(SECRETS_MOUNT);
     std::fs::create_dir_all(target).map_err(|source| ExecError::Dir {
         path: target.to_owned(),
@@ -83,6 +76,18 @@ pub fn enter_task_namespace(secrets_dir: &Path, hide: &Path) -> Result<(), ExecE
     }
     setsid().map_err(sys("cannot start a session"))?;
     Ok(())
+}
+
+/// Stops mount events from propagating between the new mount namespace and the host's.
+fn make_mounts_private() -> Result<(), ExecError> {
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(sys("cannot make mounts private"))
 }
 
 /// Binds `source` at `target`, then makes the bind read-only, nosuid, nodev, noexec.
@@ -236,14 +241,7 @@ pub fn enter_user_namespace(uid: u32, gid: u32, files: &mut [SecretFile]) -> Res
     write("/proc/self/setgroups", "deny".into())?;
     write("/proc/self/uid_map", format!("{uid} {outer_uid} 1"))?;
     write("/proc/self/gid_map", format!("{gid} {outer_gid} 1"))?;
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .map_err(sys("cannot make mounts private"))?;
+    make_mounts_private()?;
     mount(
         Some("coffer-run"),
         "/run",
