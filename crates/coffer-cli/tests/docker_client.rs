@@ -10,9 +10,9 @@
 
 mod common;
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
-use common::Server;
+use common::{ok, wait_until, Server};
 
 fn docker_binary() -> Option<String> {
     let found = std::env::var_os("PATH")
@@ -33,36 +33,35 @@ fn docker_binary() -> Option<String> {
 }
 
 fn docker(bin: &str, s: &Server, args: &[&str], stdin: Option<&[u8]>) -> Output {
-    use std::io::Write;
-    let cfg = s.dir.path().join("docker-config");
-    let mut c = Command::new(bin)
-        .args(args)
-        .env("DOCKER_HOST", format!("unix://{}", s.socket().display()))
-        .env("DOCKER_CONFIG", &cfg)
-        .env_remove("DOCKER_CONTEXT")
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    if let Some(i) = stdin {
-        c.stdin.take().unwrap().write_all(i).unwrap();
-    }
-    c.wait_with_output().unwrap()
+    common::output_of(
+        Command::new(bin)
+            .args(args)
+            .env("DOCKER_HOST", format!("unix://{}", s.socket().display()))
+            .env("DOCKER_CONFIG", s.dir.path().join("docker-config"))
+            .env_remove("DOCKER_CONTEXT"),
+        stdin,
+    )
 }
 
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "docker failed: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
+/// The service's grants as `docker service inspect` shows them.
+fn grants(bin: &str, s: &Server, service: &str) -> Vec<serde_json::Value> {
+    let refs = ok(&docker(
+        bin,
+        s,
+        &[
+            "service",
+            "inspect",
+            "--format",
+            "{{json .Spec.TaskTemplate.ContainerSpec.Secrets}}",
+            service,
+        ],
+        None,
+    ));
+    serde_json::from_str::<serde_json::Value>(&refs)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
 }
 
 #[test]
@@ -230,8 +229,7 @@ fn docker_service_commands() {
     } else {
         "web replicated 0/2"
     };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
+    wait_until(&format!("service ls shows {want}"), || {
         let ls = ok(&docker(
             &bin,
             &s,
@@ -243,15 +241,8 @@ fn docker_service_commands() {
             ],
             None,
         ));
-        if ls.trim() == want {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "service ls: {ls}, want {want}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+        ls.trim() == want
+    });
     let ps = ok(&docker(
         &bin,
         &s,
@@ -271,21 +262,8 @@ fn docker_service_commands() {
     for l in ps.lines() {
         assert!(l.contains(hostname.trim()) && l.contains("Running"), "{ps}");
     }
-    let refs = ok(&docker(
-        &bin,
-        &s,
-        &[
-            "service",
-            "inspect",
-            "--format",
-            "{{json .Spec.TaskTemplate.ContainerSpec.Secrets}}",
-            "web",
-        ],
-        None,
-    ));
-    let refs: serde_json::Value = serde_json::from_str(&refs).unwrap();
     // The docker client sends --secret grants in no fixed order (it gathers them in a map).
-    let refs = refs.as_array().unwrap();
+    let refs = grants(&bin, &s, "web");
     let pw = refs
         .iter()
         .find(|r| r["File"]["Name"] == "pw")
@@ -321,20 +299,8 @@ fn docker_service_commands() {
         ],
         None,
     ));
-    let refs = ok(&docker(
-        &bin,
-        &s,
-        &[
-            "service",
-            "inspect",
-            "--format",
-            "{{json .Spec.TaskTemplate.ContainerSpec.Secrets}}",
-            "web",
-        ],
-        None,
-    ));
-    let refs: serde_json::Value = serde_json::from_str(&refs).unwrap();
-    assert_eq!(refs.as_array().unwrap().len(), 1);
+    let refs = grants(&bin, &s, "web");
+    assert_eq!(refs.len(), 1);
     assert_eq!(refs[0]["File"]["Name"], "pw2");
     if root {
         // docker service logs (with and without timestamps) reads the masked output.
@@ -356,29 +322,25 @@ fn docker_service_commands() {
             ],
             None,
         ));
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        loop {
-            let logs = ok(&docker(
+        let mut logs = String::new();
+        wait_until("the masked output is in docker service logs", || {
+            logs = ok(&docker(
                 &bin,
                 &s,
                 &["service", "logs", "--timestamps", "talk"],
                 None,
             ));
-            if logs.contains("****") {
-                let l: Vec<&str> = logs.lines().collect();
-                assert_eq!(l.len(), 2, "{logs}");
-                assert!(
-                    l[0].starts_with("20")
-                        && l[0].contains(" talk.1.")
-                        && l[0].ends_with("| hello-from-task"),
-                    "{logs}"
-                );
-                assert!(l[1].ends_with(" ****"), "{logs}");
-                break;
-            }
-            assert!(std::time::Instant::now() < deadline, "no logs: {logs}");
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+            logs.contains("****")
+        });
+        let l: Vec<&str> = logs.lines().collect();
+        assert_eq!(l.len(), 2, "{logs}");
+        assert!(
+            l[0].starts_with("20")
+                && l[0].contains(" talk.1.")
+                && l[0].ends_with("| hello-from-task"),
+            "{logs}"
+        );
+        assert!(l[1].ends_with(" ****"), "{logs}");
         let plain = ok(&docker(
             &bin,
             &s,
@@ -393,14 +355,11 @@ fn docker_service_commands() {
     }
     ok(&docker(&bin, &s, &["service", "rm", "web"], None));
     // docker service rm returns at once; the secret is free once the tasks have stopped.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !docker(&bin, &s, &["secret", "rm", "db_password"], None)
-        .status
-        .success()
-    {
-        assert!(std::time::Instant::now() < deadline, "secret still held");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    wait_until("the secret is free", || {
+        docker(&bin, &s, &["secret", "rm", "db_password"], None)
+            .status
+            .success()
+    });
 }
 
 /// The docker client drops fields it does not know when it updates a service; coffer's

@@ -13,9 +13,9 @@
 mod common;
 
 use std::os::unix::fs::MetadataExt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{ok, Server};
+use common::{ok, wait_until, Server};
 use serde_json::Value;
 
 fn root() -> bool {
@@ -31,14 +31,6 @@ fn fails(o: &std::process::Output) -> String {
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
     err
-}
-
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn tasks(s: &Server, service: &str) -> Vec<Value> {

@@ -252,9 +252,12 @@ pub fn create_body(name: &str, value: &[u8]) -> Vec<u8> {
 }
 
 pub fn cli_at(host: &str, args: &[&str], stdin: Option<&[u8]>) -> Output {
-    let mut c = Command::new(BIN)
-        .args(args)
-        .env("COFFER_HOST", host)
+    output_of(Command::new(BIN).args(args).env("COFFER_HOST", host), stdin)
+}
+
+/// Runs `cmd` to the end with `stdin` as its input (or none) and its output captured.
+pub fn output_of(cmd: &mut Command, stdin: Option<&[u8]>) -> Output {
+    let mut c = cmd
         .stdin(if stdin.is_some() {
             Stdio::piped()
         } else {
@@ -268,6 +271,15 @@ pub fn cli_at(host: &str, args: &[&str], stdin: Option<&[u8]>) -> Output {
         c.stdin.take().unwrap().write_all(input).unwrap();
     }
     c.wait_with_output().unwrap()
+}
+
+/// Polls `f` every 20 ms until it holds; fails the test after 20 s.
+pub fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// A minimal HTTP/1.1 request over a unix socket (`Connection: close`).
