@@ -11,10 +11,24 @@ pub const MASK: &str = "****";
 pub const MAX_LINE: usize = 64 * 1024;
 
 /// The values to hide from one task's output.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Masker {
     /// Longest first, so a value containing another is hidden whole.
     needles: Vec<Zeroizing<Vec<u8>>>,
+}
+
+/// Holds values: Debug shows how many, never which.
+impl std::fmt::Debug for Masker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Masker({} values, [REDACTED])", self.needles.len())
+    }
+}
+
+/// Holds unmasked output: Debug shows its length only.
+impl std::fmt::Debug for LineBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LineBuffer({} bytes, [REDACTED])", self.buf.len())
+    }
 }
 
 impl Masker {
@@ -60,7 +74,7 @@ impl Masker {
 }
 
 /// Splits a byte stream into lines.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct LineBuffer {
     buf: Zeroizing<Vec<u8>>,
     /// No cut at [`MAX_LINE`] (protocol messages, which are whole JSON documents).
@@ -121,6 +135,16 @@ mod tests {
         let mut e = Masker::default();
         e.add(b"");
         assert_eq!(e.mask(b"abc"), "abc");
+    }
+
+    #[test]
+    fn debug_shows_no_value() {
+        let mut m = Masker::default();
+        m.add(b"hunter2");
+        let mut b = LineBuffer::default();
+        b.push(b"pw=hunter2 without newline");
+        let shown = format!("{m:?} {b:?}");
+        assert!(!shown.contains("hunter2") && !shown.contains("104, 117"), "{shown}");
     }
 
     #[test]
