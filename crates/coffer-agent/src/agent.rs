@@ -800,12 +800,14 @@ async fn stop_tree(
     let group = Pid::from_raw(-i32::try_from(proc.pid).unwrap_or(i32::MAX));
     let _ = kill(group, Signal::SIGTERM);
     let deadline = tokio::time::Instant::now() + grace;
-    let mut exit = None;
-    while tokio::time::Instant::now() < deadline {
-        if exit.is_none() {
-            exit = child.try_wait().ok().flatten();
-        }
-        if exit.is_some() && proc.members().is_empty() {
+    // The leader first, without polling; the namespace (a scan of every /proc entry) only
+    // once it is gone, for a child that left the session.
+    let mut exit = tokio::time::timeout(grace, child.wait())
+        .await
+        .ok()
+        .and_then(Result::ok);
+    while exit.is_some() && tokio::time::Instant::now() < deadline {
+        if proc.members().is_empty() {
             return exit;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
