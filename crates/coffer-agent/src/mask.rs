@@ -144,7 +144,10 @@ mod tests {
         let mut b = LineBuffer::default();
         b.push(b"pw=hunter2 without newline");
         let shown = format!("{m:?} {b:?}");
-        assert!(!shown.contains("hunter2") && !shown.contains("104, 117"), "{shown}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("104, 117"),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -17,15 +17,7 @@ use coffer_agent::{LinuxMounter, Mounter, SecretFile, TargetName, TaskSecrets};
 use coffer_crypto::SecretBytes;
 
 fn root() -> bool {
-    let is_root = fs::metadata("/proc/self").unwrap().uid() == 0;
-    if !is_root {
-        assert!(
-            std::env::var("COFFER_REQUIRE_ROOT").as_deref() != Ok("1"),
-            "COFFER_REQUIRE_ROOT=1 but not root"
-        );
-        eprintln!("SKIP: not root, so real mounts are not tested (run as root)");
-    }
-    is_root
+    coffer_test_support::require_root("real mounts are not tested")
 }
 
 fn mount_line(dir: &Path) -> Option<String> {

@@ -13,76 +13,14 @@
 
 mod common;
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-
 use common::Server;
-
-struct Etcd(
-    Child,
-    #[allow(dead_code, reason = "kept alive until etcd is killed")] tempfile::TempDir,
-);
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 #[test]
 fn server_on_etcd() {
-    let Some(bin) = ["/usr/bin/etcd", "/usr/local/bin/etcd"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-    else {
-        assert!(
-            std::env::var("COFFER_REQUIRE_ETCD").as_deref() != Ok("1"),
-            "COFFER_REQUIRE_ETCD=1 but no etcd binary"
-        );
-        eprintln!(
-            "SKIP: no etcd binary (apt-get install etcd-server); coffer on etcd was not tested"
-        );
+    let Some(etcd) = coffer_test_support::Etcd::start("coffer on etcd was not tested") else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let (c, p) = (free_port(), free_port());
-    let url = format!("http://127.0.0.1:{c}");
-    let child = Command::new(bin)
-        .args(["--name", "e", "--data-dir"])
-        .arg(dir.path())
-        .args([
-            "--listen-client-urls",
-            &url,
-            "--advertise-client-urls",
-            &url,
-        ])
-        .args([
-            "--listen-peer-urls",
-            &format!("http://127.0.0.1:{p}"),
-            "--initial-advertise-peer-urls",
-            &format!("http://127.0.0.1:{p}"),
-        ])
-        .args(["--initial-cluster", &format!("e=http://127.0.0.1:{p}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _etcd = Etcd(child, dir);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", c)).is_err() {
-        assert!(std::time::Instant::now() < deadline, "etcd did not start");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let store = format!("etcd://127.0.0.1:{c}/coffer-e2e");
+    let store = format!("etcd://127.0.0.1:{}/coffer-e2e", etcd.port);
     let mut s = Server::start(&["--store", &store]);
     s.create("db_password", b"from etcd");
     let (st, v) = s.api("GET", "/info", None);

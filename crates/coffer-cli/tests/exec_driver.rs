@@ -21,7 +21,7 @@ use coffer_agent::{LinuxMounter, SecretFile, TargetName, TaskSecrets};
 use coffer_crypto::SecretBytes;
 
 fn root() -> bool {
-    common::require_root("the exec driver is not tested")
+    coffer_test_support::require_root("the exec driver is not tested")
 }
 
 /// Stops the task's whole tree when the test ends, passed or failed.

@@ -83,14 +83,6 @@ fn wait_for_log(s: &Server, service: &str, after: usize, want: &str, secs: u64) 
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// psql as the test (not a task), the password on standard input.
 fn psql(port: u16, password: &str, sql: &str) -> std::process::Output {
     let mut c = Command::new("psql")
@@ -131,7 +123,7 @@ fn seed_example_with_postgres_and_live_rotation() {
         .tempdir()
         .unwrap();
     std::os::unix::fs::chown(pgdir.path(), Some(uid), Some(gid)).unwrap();
-    let port = free_port();
+    let port = coffer_test_support::free_port();
     let suffix = format!("{:x}", std::process::id());
     let old_pw = format!("PgCanaryOld{suffix}");
     let new_pw = format!("PgCanaryNew{suffix}");

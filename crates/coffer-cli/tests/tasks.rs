@@ -19,7 +19,7 @@ use common::{ok, wait_until, Server};
 use serde_json::Value;
 
 fn root() -> bool {
-    common::require_root("services cannot run tasks here")
+    coffer_test_support::require_root("services cannot run tasks here")
 }
 
 fn fails(o: &std::process::Output) -> String {

@@ -399,21 +399,6 @@ pub fn write_file(path: &Path, bytes: &[u8]) {
         .unwrap();
 }
 
-/// Whether the test runs as root; if not it prints why it skips (or fails when
-/// COFFER_REQUIRE_ROOT=1).
-pub fn require_root(what: &str) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let is_root = std::fs::metadata("/proc/self").unwrap().uid() == 0;
-    if !is_root {
-        assert!(
-            std::env::var("COFFER_REQUIRE_ROOT").as_deref() != Ok("1"),
-            "COFFER_REQUIRE_ROOT=1 but not root"
-        );
-        eprintln!("SKIP: not root, so {what} (run as root)");
-    }
-    is_root
-}
-
 /// The command's standard output, after asserting it succeeded.
 pub fn ok(o: &Output) -> String {
     assert!(
