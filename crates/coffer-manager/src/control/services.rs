@@ -2,14 +2,13 @@
 //! (resolved by id, then by name) and against each other (one file or variable per
 //! target) before anything is written.
 
-use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
 use coffer_core::api::{ObjectVersion, Service, ServiceCreateResponse, ServiceStatus};
 use coffer_core::grant::{check_unique_targets, Grant};
 use coffer_core::record::{
-    secret_key, service_key, service_name_key, SecretRecord, ServiceRecord, SERVICE_INDEX_KEY,
+    secret_key, service_key, service_name_key, ServiceRecord, SERVICE_INDEX_KEY,
 };
 use coffer_core::service::ServiceSpec;
 use coffer_core::{validate_labels, ObjectId, SecretName};
@@ -23,8 +22,8 @@ use crate::view::Entry;
 
 type ServiceEntry = Entry<ServiceRecord>;
 
-/// A checked spec and the secrets its grants reference (for the transaction's compares).
-type CheckedSpec = (ServiceSpec, Vec<Arc<Entry<SecretRecord>>>);
+/// A checked spec and the compares that its granted secrets still exist at commit.
+type CheckedSpec = (ServiceSpec, Vec<Compare>);
 
 fn now() -> String {
     humantime::format_rfc3339_nanos(SystemTime::now()).to_string()
@@ -79,7 +78,7 @@ impl Manager {
             ));
         }
         let mut grants: Vec<Grant> = Vec::new();
-        let mut secrets = Vec::new();
+        let mut compares = Vec::new();
         for r in spec
             .task_template
             .container_spec
@@ -115,10 +114,10 @@ impl Manager {
                 r.to_grant()
                     .map_err(|e| ControlError::Invalid(e.to_string()))?,
             );
-            secrets.push(entry);
+            compares.push(Compare::Exists(secret_key(&entry.record.id)));
         }
         check_unique_targets(&grants).map_err(ControlError::Invalid)?;
-        Ok((spec, secrets))
+        Ok((spec, compares))
     }
 
     /// `POST /services/create`.
@@ -133,7 +132,7 @@ impl Manager {
                 let spec: ServiceSpec = parse_json(body, "service create")?;
                 ev.object_name = spec.name.chars().take(80).collect();
                 self.keys.material().await?;
-                let (spec, secrets) = self.check_service_spec(spec)?;
+                let (spec, secrets_exist) = self.check_service_spec(spec)?;
                 if self.services.name_taken(&spec.name) {
                     return Err(ControlError::NameConflict {
                         kind: "service",
@@ -154,11 +153,7 @@ impl Manager {
                     Compare::Absent(service_name_key(&name)),
                     Compare::Absent(service_key(&id)),
                 ];
-                compares.extend(
-                    secrets
-                        .iter()
-                        .map(|s| Compare::Exists(secret_key(&s.record.id))),
-                );
+                compares.extend(secrets_exist);
                 let r = self
                     .commit_audited(
                         ev,
@@ -239,17 +234,13 @@ impl Manager {
                 }
                 let mut spec = spec;
                 carry_extensions(&entry.record.spec, &mut spec);
-                let (spec, secrets) = self.check_service_spec(spec)?;
+                let (spec, secrets_exist) = self.check_service_spec(spec)?;
                 let mut record = entry.record.clone();
                 record.spec = spec;
                 record.updated_at = now();
                 let id = record.id.clone();
                 let mut compares = vec![Compare::ModRevision(service_key(&id), entry.mod_revision)];
-                compares.extend(
-                    secrets
-                        .iter()
-                        .map(|s| Compare::Exists(secret_key(&s.record.id))),
-                );
+                compares.extend(secrets_exist);
                 let r = self
                     .commit_audited(
                         ev,
