@@ -456,13 +456,27 @@ pub async fn run(m: Arc<Manager>) {
             m.tasks.wait_for(wrote).await;
             continue;
         }
-        let [a, b, c, d] = &mut watches;
-        tokio::select! {
-            _ = a.changed() => {}
-            _ = b.changed() => {}
-            _ = c.changed() => {}
-            _ = d.changed() => {}
-            () = tokio::time::sleep(Duration::from_millis(250)), if delayed => {}
+        // Wait for a change that can alter the plan. A secret change matters only when it
+        // changes an intent (the current version behind a restart grant); most do not
+        // (creates, label updates, rotations of other secrets), and then the tasks are not
+        // read again.
+        loop {
+            let [a, b, c, d] = &mut watches;
+            let secrets_only = tokio::select! {
+                _ = a.changed() => false,
+                _ = b.changed() => false,
+                _ = c.changed() => false,
+                _ = d.changed() => true,
+                () = tokio::time::sleep(Duration::from_millis(250)), if delayed => false,
+            };
+            if !secrets_only {
+                break;
+            }
+            watches[3].borrow_and_update();
+            let now: Vec<ServiceIntent> = m.services.all().iter().map(|e| intent(&m, e)).collect();
+            if now != services {
+                break;
+            }
         }
     }
 }
