@@ -142,6 +142,7 @@ fn assignments_stream(m: &Arc<Manager>, node: String) -> Resp {
     tokio::spawn(async move {
         let mut cache = ValueCache::default();
         let mut last = None;
+        let mut currents = m.node_secret_currents(&node);
         let mut tasks = m.tasks.subscribe();
         let mut secrets = m.view.subscribe();
         if let Err(e) = m.set_node_state(&node, "ready").await {
@@ -150,7 +151,9 @@ fn assignments_stream(m: &Arc<Manager>, node: String) -> Resp {
         loop {
             tasks.borrow_and_update();
             secrets.borrow_and_update();
-            match m.assignments(&node, &mut cache).await {
+            let built = m.assignments(&node, &mut cache).await;
+            let locked = matches!(built, Err(ControlError::Locked));
+            match built {
                 Ok(a) if last.as_ref() != Some(&a.tasks) => {
                     // Pre-sized and zeroized after sending: the message holds values.
                     let mut buf = Zeroizing::new(Vec::with_capacity(
@@ -166,14 +169,15 @@ fn assignments_stream(m: &Arc<Manager>, node: String) -> Resp {
                                 })
                                 .sum::<usize>(),
                     ));
-                    if serde_json::to_writer(&mut *buf, &a).is_err() {
-                        continue;
+                    if let Err(e) = serde_json::to_writer(&mut *buf, &a) {
+                        tracing::error!(error = %coffer_core::api::json_error(&e), "assignments could not be encoded");
+                    } else {
+                        buf.push(b'\n');
+                        if tx.send(Bytes::from_owner(buf)).await.is_err() {
+                            break;
+                        }
+                        last = Some(a.tasks);
                     }
-                    buf.push(b'\n');
-                    if tx.send(Bytes::from_owner(buf)).await.is_err() {
-                        break;
-                    }
-                    last = Some(a.tasks);
                 }
                 Ok(_) => {}
                 Err(ControlError::Locked) => {}
@@ -181,11 +185,25 @@ fn assignments_stream(m: &Arc<Manager>, node: String) -> Resp {
                     tracing::warn!(error = %e, node = %node, "assignments could not be built")
                 }
             }
-            tokio::select! {
-                _ = tasks.changed() => {}
-                _ = secrets.changed() => {}
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                () = tx.closed() => break,
+            // Build again after a change to the tasks, or to the current version of a secret
+            // this node's tasks hold; a locked manager is asked again every second.
+            let closed = loop {
+                tokio::select! {
+                    _ = tasks.changed() => break false,
+                    _ = secrets.changed() => {
+                        secrets.borrow_and_update();
+                        let now = m.node_secret_currents(&node);
+                        if now != currents {
+                            currents = now;
+                            break false;
+                        }
+                    }
+                    () = tokio::time::sleep(Duration::from_secs(1)), if locked => break false,
+                    () = tx.closed() => break true,
+                }
+            };
+            if closed {
+                break;
             }
         }
         tracing::info!(node = %node, "node disconnected");

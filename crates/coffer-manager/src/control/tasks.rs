@@ -390,6 +390,28 @@ impl Manager {
         Ok(())
     }
 
+    /// The current version of every secret granted to the node's running tasks: what a
+    /// secret change must alter before the node's assignments are built again.
+    pub(crate) fn node_secret_currents(&self, node_id: &str) -> Vec<(String, u32)> {
+        let mut out = Vec::new();
+        for e in self.tasks.all() {
+            let t = &e.record;
+            if t.node_id != node_id || t.state.is_terminal() || t.desired != TaskState::Running {
+                continue;
+            }
+            for r in t.spec.container_spec.secrets.iter().flatten() {
+                let current = self
+                    .view
+                    .lookup(&r.secret_id)
+                    .map_or(0, |s| s.record.current);
+                out.push((r.secret_id.clone(), current));
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
     /// Everything node `node_id` should run now, with the values its tasks reference.
     /// Fails while the manager is locked.
     pub async fn assignments(
