@@ -554,7 +554,7 @@ async fn supervise(shared: &Arc<Shared>, t: Assignment, mut ctl: mpsc::Unbounded
     let mounter = Arc::clone(&cfg.mounter);
     let (base, tid) = (cfg.base_dir.clone(), id.clone());
     let (files, stdin_files) = if userns {
-        (Vec::new(), Some(files_message(&d.files)))
+        (Vec::new(), Some(crate::files::encode_files(&d.files)))
     } else {
         (d.files, None)
     };
@@ -754,29 +754,6 @@ enum Files {
     Mounted(TaskSecrets),
     /// Inside the task's user and mount namespaces; gone with them.
     Namespaced,
-}
-
-/// The user-namespace helper's input: the files, values in base64, in a zeroizing buffer.
-fn files_message(files: &[SecretFile]) -> Zeroizing<Vec<u8>> {
-    let mut out = Zeroizing::new(Vec::with_capacity(
-        files.iter().map(|f| f.value.len() * 2 + 256).sum::<usize>() + 16,
-    ));
-    out.push(b'[');
-    for (i, f) in files.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        let head = serde_json::json!({"Target": f.target.as_str(), "Uid": f.uid, "Gid": f.gid, "Mode": f.mode});
-        let head = serde_json::to_vec(&head).unwrap_or_default();
-        out.extend_from_slice(&head[..head.len() - 1]);
-        out.extend_from_slice(b",\"Value\":\"");
-        let mut b64 = Zeroizing::new(String::with_capacity(f.value.len() * 4 / 3 + 4));
-        STANDARD.encode_string(f.value.expose(), &mut b64);
-        out.extend_from_slice(b64.as_bytes());
-        out.extend_from_slice(b"\"}");
-    }
-    out.push(b']');
-    out
 }
 
 async fn remove_secrets(cfg: &AgentConfig, secrets: Files) {

@@ -7,6 +7,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use coffer_crypto::SecretBytes;
+use zeroize::Zeroizing;
 
 /// A file name under `/run/secrets`: not empty, at most 255 bytes, no `/`, no NUL, not `.`
 /// or `..`. Parsed, so a path built from it cannot escape its directory.
@@ -98,6 +99,71 @@ pub fn write_secret(dir: &Path, file: &SecretFile) -> Result<PathBuf, WriteError
     Ok(path)
 }
 
+/// One file as the user-namespace helper receives it on standard input.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct FileMessage {
+    #[serde(rename = "Target")]
+    target: String,
+    #[serde(rename = "Uid")]
+    uid: u32,
+    #[serde(rename = "Gid")]
+    gid: u32,
+    #[serde(rename = "Mode")]
+    mode: u32,
+    #[serde(rename = "Value")]
+    value: coffer_core::api::Base64Value,
+}
+
+/// The agent's side: a task's files as JSON (values in base64), in zeroizing buffers.
+pub fn encode_files(files: &[SecretFile]) -> Zeroizing<Vec<u8>> {
+    use base64::Engine;
+    let msgs: Vec<FileMessage> = files
+        .iter()
+        .map(|f| {
+            let mut b64 = Zeroizing::new(String::with_capacity(f.value.len() * 4 / 3 + 4));
+            base64::engine::general_purpose::STANDARD.encode_string(f.value.expose(), &mut b64);
+            FileMessage {
+                target: f.target.as_str().to_owned(),
+                uid: f.uid,
+                gid: f.gid,
+                mode: f.mode,
+                value: coffer_core::api::Base64Value(b64),
+            }
+        })
+        .collect();
+    // Sized up front so the buffer holding values is never reallocated (and copied).
+    let size = msgs
+        .iter()
+        .map(|m| m.value.0.len() + m.target.len() + 96)
+        .sum::<usize>()
+        + 2;
+    let mut out = Zeroizing::new(Vec::with_capacity(size));
+    let _ = serde_json::to_writer(&mut *out, &msgs);
+    out
+}
+
+/// The helper's side: the files [`encode_files`] made. The error names no value.
+pub fn decode_files(bytes: &[u8]) -> Result<Vec<SecretFile>, String> {
+    use base64::Engine;
+    let damaged = || "the task's secrets arrived damaged".to_owned();
+    let msgs: Vec<FileMessage> = serde_json::from_slice(bytes).map_err(|_| damaged())?;
+    msgs.into_iter()
+        .map(|m| {
+            let mut value = Zeroizing::new(Vec::with_capacity(m.value.0.len()));
+            base64::engine::general_purpose::STANDARD
+                .decode_vec(m.value.0.as_bytes(), &mut value)
+                .map_err(|_| damaged())?;
+            Ok(SecretFile {
+                target: TargetName::new(&m.target).map_err(|e| e.to_string())?,
+                uid: m.uid,
+                gid: m.gid,
+                mode: m.mode,
+                value: SecretBytes::from_zeroizing(value),
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,5 +222,32 @@ mod tests {
         std::os::unix::fs::symlink("/etc/passwd", dir.path().join(".pw.coffer-tmp")).unwrap();
         write_secret(dir.path(), &mk(b"three", 0o400)).unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"three");
+    }
+
+    #[test]
+    fn helper_files_round_trip() {
+        let files = vec![SecretFile {
+            target: TargetName::new("pw").unwrap(),
+            uid: 7,
+            gid: 8,
+            mode: 0o400,
+            value: SecretBytes::new(b"v\x00\xff".to_vec()),
+        }];
+        let back = decode_files(&encode_files(&files)).unwrap();
+        assert_eq!(back.len(), 1);
+        assert_eq!(
+            (
+                back[0].target.as_str(),
+                back[0].uid,
+                back[0].gid,
+                back[0].mode
+            ),
+            ("pw", 7, 8, 0o400)
+        );
+        assert_eq!(back[0].value.expose(), b"v\x00\xff");
+        assert_eq!(
+            decode_files(b"[{\"Target\":1}]").unwrap_err(),
+            "the task's secrets arrived damaged"
+        );
     }
 }

@@ -99,44 +99,13 @@ pub(crate) fn run(a: TaskExecArgs) -> ExitCode {
     fail(format!("cannot run {program:?}: {err}"))
 }
 
-/// One file for the user-namespace driver, as the agent sends it on standard input.
-#[derive(serde::Deserialize)]
-struct FileMessage {
-    #[serde(rename = "Target")]
-    target: String,
-    #[serde(rename = "Uid")]
-    uid: u32,
-    #[serde(rename = "Gid")]
-    gid: u32,
-    #[serde(rename = "Mode")]
-    mode: u32,
-    #[serde(rename = "Value")]
-    value: coffer_core::api::Base64Value,
-}
-
 /// Reads the task's files from standard input (until the agent closes it; the workload
 /// then finds its standard input at end of file).
 fn read_files() -> Result<Vec<coffer_agent::SecretFile>, String> {
-    use base64::Engine;
     use std::io::Read;
     let mut buf = zeroize::Zeroizing::new(Vec::new());
     std::io::stdin()
         .read_to_end(&mut buf)
         .map_err(|e| format!("cannot read the task's secrets: {e}"))?;
-    let msgs: Vec<FileMessage> = serde_json::from_slice(&buf)
-        .map_err(|_| "the task's secrets arrived damaged".to_owned())?;
-    msgs.into_iter()
-        .map(|m| {
-            let value = base64::engine::general_purpose::STANDARD
-                .decode(m.value.0.as_bytes())
-                .map_err(|_| "the task's secrets arrived damaged".to_owned())?;
-            Ok(coffer_agent::SecretFile {
-                target: coffer_agent::TargetName::new(&m.target).map_err(|e| e.to_string())?,
-                uid: m.uid,
-                gid: m.gid,
-                mode: m.mode,
-                value: coffer_crypto::SecretBytes::from_zeroizing(zeroize::Zeroizing::new(value)),
-            })
-        })
-        .collect()
+    coffer_agent::files::decode_files(&buf)
 }
