@@ -476,37 +476,62 @@ fn decode(secrets: &[AssignedSecret], masker: &mut Masker) -> Result<Decoded, St
         grants: Vec::new(),
     };
     for s in secrets {
-        let grant = Grant::parse(&s.grant, OnRotate::Live).map_err(|e| e.to_string())?;
-        let value = SecretBytes::from_zeroizing(Zeroizing::new(
-            STANDARD
-                .decode(s.value.0.as_bytes())
-                .map_err(|_| format!("secret {} arrived damaged", s.secret_name))?,
-        ));
+        let (grant, value) = (assigned_grant(s)?, assigned_value(s)?);
         masker.add(value.expose());
-        match &grant.delivery {
-            Delivery::File {
-                target,
-                uid,
-                gid,
-                mode,
-            } => d.files.push(SecretFile {
-                target: TargetName::new(target).map_err(|e| e.to_string())?,
-                uid: *uid,
-                gid: *gid,
-                mode: *mode,
-                value,
-            }),
-            Delivery::Env { var } => {
+        match file_of(&grant, value) {
+            Ok(file) => d.files.push(file?),
+            Err((var, value)) => {
                 if value.expose().contains(&0) {
                     return Err(format!("secret {} contains a NUL byte and cannot be an environment variable; grant it as a file", s.secret_name));
                 }
-                d.env
-                    .push((var.clone(), Zeroizing::new(value.expose().to_vec())));
+                d.env.push((var, Zeroizing::new(value.expose().to_vec())));
             }
         }
         d.grants.push((grant, s.version, s.secret_id.clone()));
     }
     Ok(d)
+}
+
+/// An assigned secret's grant.
+fn assigned_grant(s: &AssignedSecret) -> Result<Grant, String> {
+    Grant::parse(&s.grant, OnRotate::Live).map_err(|e| e.to_string())
+}
+
+/// An assigned secret's value, decoded into a zeroizing buffer only.
+fn assigned_value(s: &AssignedSecret) -> Result<SecretBytes, String> {
+    let mut raw = Zeroizing::new(Vec::with_capacity(s.value.0.len()));
+    STANDARD
+        .decode_vec(s.value.0.as_bytes(), &mut raw)
+        .map_err(|_| format!("secret {} arrived damaged", s.secret_name))?;
+    Ok(SecretBytes::from_zeroizing(raw))
+}
+
+/// The file a file grant writes (`Ok`), or the variable and value of an env grant (`Err`).
+#[allow(
+    clippy::type_complexity,
+    reason = "two outcomes, one of them fallible; used twice"
+)]
+fn file_of(
+    grant: &Grant,
+    value: SecretBytes,
+) -> Result<Result<SecretFile, String>, (String, SecretBytes)> {
+    match &grant.delivery {
+        Delivery::File {
+            target,
+            uid,
+            gid,
+            mode,
+        } => Ok(TargetName::new(target)
+            .map_err(|e| e.to_string())
+            .map(|target| SecretFile {
+                target,
+                uid: *uid,
+                gid: *gid,
+                mode: *mode,
+                value,
+            })),
+        Delivery::Env { var } => Err((var.clone(), value)),
+    }
 }
 
 fn parse_env(vars: &[String]) -> Vec<(String, String)> {
@@ -825,7 +850,7 @@ async fn rotate(
     let mut signals = Vec::new();
     let mut delivered = BTreeMap::new();
     for s in new {
-        let Ok(grant) = Grant::parse(&s.grant, OnRotate::Live) else {
+        let Ok(grant) = assigned_grant(s) else {
             continue;
         };
         let Some(slot) = grants
@@ -837,31 +862,14 @@ async fn rotate(
         if slot.1 == s.version || grant.on_rotate == OnRotate::Restart {
             continue;
         }
-        let Ok(raw) = STANDARD.decode(s.value.0.as_bytes()) else {
+        let Ok(value) = assigned_value(s) else {
             continue;
         };
-        let value = SecretBytes::from_zeroizing(Zeroizing::new(raw));
         masker
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .add(value.expose());
-        if let Delivery::File {
-            target,
-            uid,
-            gid,
-            mode,
-        } = &grant.delivery
-        {
-            let Ok(target) = TargetName::new(target) else {
-                continue;
-            };
-            let file = SecretFile {
-                target,
-                uid: *uid,
-                gid: *gid,
-                mode: *mode,
-                value,
-            };
+        if let Ok(Ok(file)) = file_of(&grant, value) {
             let written = match secrets {
                 Files::Mounted(m) => m.update(&file).map_err(|e| e.to_string()),
                 Files::Namespaced => {
@@ -884,7 +892,7 @@ async fn rotate(
                 continue;
             }
         } else {
-            // An environment cannot change under a running process.
+            // An environment cannot change under a running process (or the target is bad).
             continue;
         }
         slot.1 = s.version;
