@@ -247,6 +247,20 @@ pub enum TaskState {
 }
 
 impl TaskState {
+    /// The state's name, as serialized (`running`, `shutdown`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::New => "new",
+            Self::Assigned => "assigned",
+            Self::Starting => "starting",
+            Self::Running => "running",
+            Self::Complete => "complete",
+            Self::Shutdown => "shutdown",
+            Self::Failed => "failed",
+            Self::Rejected => "rejected",
+        }
+    }
+
     /// Whether the task will not run again.
     pub fn is_terminal(self) -> bool {
         self >= Self::Complete
@@ -307,5 +321,26 @@ impl Named for TaskRecord {
 
     fn name(&self) -> &str {
         &self.name
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_state_names_are_the_serialized_ones() {
+        for st in [
+            TaskState::New,
+            TaskState::Assigned,
+            TaskState::Starting,
+            TaskState::Running,
+            TaskState::Complete,
+            TaskState::Shutdown,
+            TaskState::Failed,
+            TaskState::Rejected,
+        ] {
+            assert_eq!(serde_json::to_value(st).unwrap(), st.as_str());
+        }
     }
 }

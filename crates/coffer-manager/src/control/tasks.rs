@@ -137,10 +137,7 @@ impl Manager {
                         service: t.service_name.clone(),
                         task: t.name.clone(),
                         version: *v,
-                        state: serde_json::to_value(t.state)
-                            .ok()
-                            .and_then(|v| v.as_str().map(str::to_owned))
-                            .unwrap_or_default(),
+                        state: t.state.as_str().to_owned(),
                     });
                 }
             }
@@ -204,8 +201,7 @@ impl Manager {
             .iter()
             .filter(|e| {
                 let t = &e.record;
-                let desired = serde_json::to_value(t.desired).ok();
-                let desired = desired.as_ref().and_then(Value::as_str).unwrap_or("");
+                let desired = t.desired.as_str();
                 any(get("id"), &|p| t.id.starts_with(p))
                     && any(get("name"), &|p| t.name.starts_with(p))
                     && any(&services, &|s| t.service_id == s)
