@@ -280,16 +280,18 @@ fn s<'a>(v: &'a Value, path: &[&str]) -> &'a str {
 pub(crate) async fn converge(c: &Client, id: &str, quiet: bool) -> Result<()> {
     let started = Instant::now();
     let mut last_line = String::new();
+    // The version this change made: its tasks are the ones to wait for.
+    let svc = inspect(c, id).await?;
+    let want = svc
+        .spec
+        .mode
+        .as_ref()
+        .and_then(|m| m.replicated.as_ref())
+        .and_then(|r| r.replicas)
+        .unwrap_or(1);
+    let rev = i64::try_from(svc.version.index).unwrap_or(0);
+    let mut nodes_checked = false;
     loop {
-        let svc = inspect(c, id).await?;
-        let want = svc
-            .spec
-            .mode
-            .as_ref()
-            .and_then(|m| m.replicated.as_ref())
-            .and_then(|r| r.replicas)
-            .unwrap_or(1);
-        let rev = i64::try_from(svc.version.index).unwrap_or(0);
         let ts = tasks(c, id).await?;
         let current = |t: &&Value| t["Coffer"]["ServiceRevision"].as_i64() == Some(rev);
         let running = ts
@@ -329,7 +331,8 @@ pub(crate) async fn converge(c: &Client, id: &str, quiet: bool) -> Result<()> {
                 svc.spec.name
             );
         }
-        if started.elapsed() > Duration::from_secs(2) && running < want {
+        if !nodes_checked && started.elapsed() > Duration::from_secs(2) && running < want {
+            nodes_checked = true;
             let nodes: Vec<Value> =
                 serde_json::from_slice(&c.call(Method::GET, "/nodes", None).await?)?;
             if !nodes.iter().any(|n| s(n, &["Status", "State"]) == "ready") {
